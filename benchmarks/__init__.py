@@ -1,0 +1,1 @@
+"""Benchmarks of cut-pam on offline data: ``python -m benchmarks --help``."""

@@ -1,0 +1,36 @@
+"""CUT in plain PyTorch: prune a pre-trained multi-task model for the tasks a device needs.
+
+Pipeline (``../METHODS.md``): :func:`select_tasks` drops the other tasks' parts,
+:func:`score_tasks` scores every parameter per task on the pre-trained weights,
+:func:`fuse` merges the tasks' verdicts on shared parameters, :func:`cut_masks`
+gives the paper's unstructured masks, :func:`finetune` recovers accuracy with
+the masks fixed. Structured (channel) pruning lives in ``adapters.torch_pruning``.
+This package imports neither Torch-Pruning nor NNI.
+"""
+
+from cut_plugin.batching import as_task_outputs, run_model
+from cut_plugin.decomposition import select_tasks, task_parameters
+from cut_plugin.finetuning import finetune
+from cut_plugin.fusion import RULES, fuse, normalise, rank_channels
+from cut_plugin.masks import PRUNABLE_TYPES, apply_masks, cut_masks, mask_sparsity, prunable_weights
+from cut_plugin.scoring import CRITERIA, score_tasks
+
+__all__ = [
+    "CRITERIA",
+    "PRUNABLE_TYPES",
+    "RULES",
+    "apply_masks",
+    "as_task_outputs",
+    "cut_masks",
+    "finetune",
+    "fuse",
+    "mask_sparsity",
+    "normalise",
+    "prunable_weights",
+    "rank_channels",
+    "run_model",
+    "score_tasks",
+    "select_tasks",
+    "task_parameters",
+]
+__version__ = "0.1.0"
