@@ -236,14 +236,12 @@ class CUTPruner(tp.pruner.BasePruner):
         **tp_kwargs: Any,
     ) -> None:
         ratio = check_ratio(pruning_ratio)
-        selected_tasks = check_tasks(tasks)
-        check_losses(losses, selected_tasks)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if "importance" in tp_kwargs:
             raise TypeError("CUTPruner builds its own CUTImportance; use tp.pruner.BasePruner for another importance")
         example = as_example_inputs(example_inputs)
+        selected_tasks = check_tasks(tasks)
         compact = select_tasks(model, selected_tasks, task_names=task_names)
+        check_losses(losses, selected_tasks)
         setattr(compact, TASKS, selected_tasks)
         self._prior_history = pruning_history(model)
         setattr(compact, HISTORY, list(self._prior_history))

@@ -120,7 +120,7 @@ def finetune(
             optimizer.step()
             _apply(params, fixed)
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}")  # type: ignore[union-attr]
     finally:
         bar.close()
         student.train(was_training)
