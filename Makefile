@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-EXTRAS_test := test,bench,dev
+EXTRAS_test := test,bench,dev,nni
 EXTRAS_demo := bench
 SUITE ?= quick
 

@@ -58,7 +58,9 @@ def _output_layer_lists(
         if isinstance(output, Tensor) and output.grad_fn is not None:
             produced[id(output.grad_fn)] = module
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)
+    ]
     try:
         with scoring_state(model), torch.enable_grad():
             outputs = run_model(model, as_example_inputs(example_inputs), task_names)
@@ -99,7 +101,9 @@ def output_layers(
     return {task: layers[0] for task, layers in lists.items() if layers}
 
 
-def protected_layers(model: nn.Module, example_inputs: Inputs, task_names: Sequence[str] | None = None) -> list[nn.Module]:
+def protected_layers(
+    model: nn.Module, example_inputs: Inputs, task_names: Sequence[str] | None = None
+) -> list[nn.Module]:
     """Every task's output layers, in one list (for ``ignored_layers``)."""
     layers: list[nn.Module] = []
     for found in _output_layer_lists(model, example_inputs, task_names).values():
@@ -112,9 +116,7 @@ def _zero_rows(weight: Tensor, idxs: Sequence[int], transposed: bool) -> Tensor:
     return w[list(idxs)].flatten(1).abs().sum(1) == 0
 
 
-def _removable_channels(
-    group: Any, weights: Mapping[int, Tensor]
-) -> Tensor | None:
+def _removable_channels(group: Any, weights: Mapping[int, Tensor]) -> Tensor | None:
     """Root channels whose rows are zero in every coupled conv/linear producer of the group."""
     removable: Tensor | None = None
     for i, (dep, idxs) in enumerate(group):
@@ -133,16 +135,22 @@ def _removable_channels(
 
 
 def _plan(
-    model: nn.Module, masks: Mapping[str, Tensor], graph: tp.DependencyGraph, protected: list[nn.Module]
+    model: nn.Module,
+    masks: Mapping[str, Tensor],
+    graph: tp.DependencyGraph,
+    protected: list[nn.Module],
 ) -> list[tuple[nn.Module, Any, list[int]]]:
     """(root layer, handler, channel indices) to remove, from the masked weights."""
     names = {id(p): n for n, p in model.named_parameters()}
     weights: dict[int, Tensor] = {}
     for module in model.modules():
         if isinstance(module, PRUNABLE_TYPES):
-            name = names.get(id(module.weight))
-            weight = module.weight.detach()
-            weights[id(module)] = weight * masks[name] if name in masks else weight
+            param: Tensor = module.weight  # type: ignore[assignment]
+            name = names.get(id(param))
+            weight = param.detach()
+            weights[id(module)] = (
+                weight * masks[name] if name is not None and name in masks else weight
+            )
     plan = []
     for group in graph.get_all_groups(ignored_layers=protected, root_module_types=PRUNABLE_TYPES):
         removable = _removable_channels(group, weights)
@@ -156,7 +164,11 @@ def _plan(
 
 
 def align_masks(
-    model: nn.Module, masks: Mapping[str, Tensor], example_inputs: Inputs, *, task_names: Sequence[str] | None = None
+    model: nn.Module,
+    masks: Mapping[str, Tensor],
+    example_inputs: Inputs,
+    *,
+    task_names: Sequence[str] | None = None,
 ) -> dict[str, Tensor]:
     """Masks extended to what :func:`prune_by_masks` removes.
 
@@ -167,7 +179,9 @@ def align_masks(
     """
     checked = check_masks(model, masks)
     work = copy.deepcopy(model)
-    graph = tp.DependencyGraph().build_dependency(work, as_example_inputs(example_inputs), verbose=False)
+    graph = tp.DependencyGraph().build_dependency(
+        work, as_example_inputs(example_inputs), verbose=False
+    )
     plan = _plan(work, checked, graph, protected_layers(work, example_inputs, task_names))
     names = {id(p): n for n, p in work.named_parameters()}
     aligned = {n: m.expand_as(dict(work.named_parameters())[n]).clone() for n, m in checked.items()}
@@ -182,7 +196,9 @@ def align_masks(
                     continue
                 name = names[id(param)]
                 mask = aligned.setdefault(name, torch.ones_like(param, dtype=torch.bool))
-                transposed = attr == "weight" and bool(getattr(dep.target.module, "transposed", False))
+                transposed = attr == "weight" and bool(
+                    getattr(dep.target.module, "transposed", False)
+                )
                 (mask.transpose(0, 1) if transposed else mask)[list(local)] = False
     return aligned
 
@@ -193,7 +209,11 @@ def pruning_history(model: nn.Module) -> list[tuple[str, bool, list[int]]]:
 
 
 def prune_by_masks(
-    model: nn.Module, masks: Mapping[str, Tensor], example_inputs: Inputs, *, task_names: Sequence[str] | None = None
+    model: nn.Module,
+    masks: Mapping[str, Tensor],
+    example_inputs: Inputs,
+    *,
+    task_names: Sequence[str] | None = None,
 ) -> nn.Module:
     """Return a physically smaller copy of ``model``: channels masked in every coupled layer removed.
 
@@ -227,7 +247,9 @@ def prune_by_masks(
     return work
 
 
-def save_pruned(model: nn.Module, path: str | os.PathLike[str], *, history: Sequence[Any] | None = None) -> None:
+def save_pruned(
+    model: nn.Module, path: str | os.PathLike[str], *, history: Sequence[Any] | None = None
+) -> None:
     """Save a compact model portably: its pruning history and state dict.
 
     Reload with :func:`load_pruned` (``torch.load(weights_only=True)``, no pickled
@@ -263,10 +285,14 @@ def load_pruned(
     state dict is loaded. Loads with ``weights_only=True``.
     """
     if not callable(model_factory):
-        raise TypeError("model_factory must be a callable that builds the original model, e.g. lambda: Net()")
+        raise TypeError(
+            "model_factory must be a callable that builds the original model, e.g. lambda: Net()"
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not a file written by save_pruned (format {FORMAT!r})")
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a file written by save_pruned (format {FORMAT!r})"
+        )
     model = model_factory()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model_factory() must return an nn.Module, got {type(model).__name__}")
@@ -275,7 +301,9 @@ def load_pruned(
         setattr(model, TASKS, list(state["tasks"]))
     was_training = model.training
     history = [(n, out, idxs) for n, out, idxs in state["history"]]
-    graph = tp.DependencyGraph().build_dependency(model, as_example_inputs(example_inputs), verbose=False)
+    graph = tp.DependencyGraph().build_dependency(
+        model, as_example_inputs(example_inputs), verbose=False
+    )
     try:
         graph.load_pruning_history(history)
     except AttributeError as error:

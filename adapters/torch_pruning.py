@@ -19,6 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from adapters.baselines import BASELINES, baseline_prune, count_macs
 from adapters.compaction import (
     HISTORY,
     IN_HANDLERS,
@@ -39,9 +40,12 @@ from cut_plugin.fusion import Rule, check_rule, rank_channels
 from cut_plugin.scoring import Criterion, check_criterion
 
 __all__ = [
+    "BASELINES",
     "CUTImportance",
     "CUTPruner",
     "align_masks",
+    "baseline_prune",
+    "count_macs",
     "cut_prune",
     "load_pruned",
     "output_layers",
@@ -103,8 +107,13 @@ class CUTImportance(tp.importance.Importance):
     def accumulate(self, model: nn.Module, inputs: Inputs, targets: Mapping[str, Tensor]) -> None:
         """Add one batch's per-task scores to the accumulated ones."""
         batch = score_tasks(
-            model, [(inputs, targets)], self.losses, tasks=self.tasks, criterion=self.criterion,  # type: ignore[arg-type]
-            progress=False, task_names=self.task_names,
+            model,
+            [(inputs, targets)],
+            self.losses,
+            tasks=self.tasks,
+            criterion=self.criterion,  # type: ignore[arg-type]
+            progress=False,
+            task_names=self.task_names,
         )
         self._bind(model)
         for task, scores in batch.items():
@@ -115,11 +124,19 @@ class CUTImportance(tp.importance.Importance):
                 else:
                     acc[name] = value
 
-    def estimate(self, model: nn.Module, batches: Iterable[Any], max_batches: int | None = None) -> None:
+    def estimate(
+        self, model: nn.Module, batches: Iterable[Any], max_batches: int | None = None
+    ) -> None:
         """Score ``model`` on ``batches`` from scratch (one forward per batch, one backward per task)."""
         self.scores = score_tasks(
-            model, batches, self.losses, tasks=self.tasks, criterion=self.criterion,  # type: ignore[arg-type]
-            max_batches=max_batches, progress=self.progress, task_names=self.task_names,
+            model,
+            batches,
+            self.losses,
+            tasks=self.tasks,
+            criterion=self.criterion,  # type: ignore[arg-type]
+            max_batches=max_batches,
+            progress=self.progress,
+            task_names=self.task_names,
         )
         self._bind(model)
 
@@ -161,13 +178,17 @@ class CUTImportance(tp.importance.Importance):
             transposed = bool(getattr(layer, "transposed", False))
             if handler in OUT_HANDLERS:
                 if weight is not None:
-                    local = (weight.transpose(0, 1) if transposed else weight)[idxs].flatten(1).sum(1)
+                    local = (
+                        (weight.transpose(0, 1) if transposed else weight)[idxs].flatten(1).sum(1)
+                    )
                 bias = self._layer_scores(task, layer, "bias")
                 if bias is not None:
                     local = bias[idxs] if local is None else local + bias[idxs]
             elif handler in IN_HANDLERS:
                 if weight is not None and getattr(layer, "groups", 1) == 1:
-                    local = (weight if transposed else weight.transpose(0, 1)).flatten(1).sum(1)[idxs]
+                    local = (
+                        (weight if transposed else weight.transpose(0, 1)).flatten(1).sum(1)[idxs]
+                    )
             elif handler in (tp.prune_batchnorm_out_channels, tp.prune_layernorm_out_channels):
                 for attr in ("weight", "bias"):
                     value = self._layer_scores(task, layer, attr)
@@ -184,7 +205,9 @@ class CUTImportance(tp.importance.Importance):
     def __call__(self, group: Any) -> Tensor | None:
         """One importance per root channel of ``group`` (None: no selected task uses it)."""
         if not self.scores:
-            raise RuntimeError("CUTImportance has no scores; call estimate(model, batches) before pruning")
+            raise RuntimeError(
+                "CUTImportance has no scores; call estimate(model, batches) before pruning"
+            )
         used, rows, totals = [], [], []
         for position, task in enumerate(self.tasks):
             channel = self._channel_scores(task, group)
@@ -197,11 +220,17 @@ class CUTImportance(tp.importance.Importance):
         weights = None
         if self.rule == "weighted":
             if self.weights is None or len(self.weights) != len(self.tasks):
-                raise ValueError(f"rule 'weighted' needs weights=[...], one per task of {self.tasks}")
+                raise ValueError(
+                    f"rule 'weighted' needs weights=[...], one per task of {self.tasks}"
+                )
             weights = [float(self.weights[i]) for i in used]
         return rank_channels(
-            torch.stack(rows), torch.tensor(totals, device=rows[0].device),
-            rule=self.rule, votes=self.votes, keep_ratio=self.keep_ratio, weights=weights,  # type: ignore[arg-type]
+            torch.stack(rows),
+            torch.tensor(totals, device=rows[0].device),
+            rule=self.rule,
+            votes=self.votes,
+            keep_ratio=self.keep_ratio,
+            weights=weights,  # type: ignore[arg-type]
         )
 
 
@@ -237,7 +266,9 @@ class CUTPruner(tp.pruner.BasePruner):
     ) -> None:
         ratio = check_ratio(pruning_ratio)
         if "importance" in tp_kwargs:
-            raise TypeError("CUTPruner builds its own CUTImportance; use tp.pruner.BasePruner for another importance")
+            raise TypeError(
+                "CUTPruner builds its own CUTImportance; use tp.pruner.BasePruner for another importance"
+            )
         example = as_example_inputs(example_inputs)
         selected_tasks = check_tasks(tasks)
         compact = select_tasks(model, selected_tasks, task_names=task_names)
@@ -246,16 +277,25 @@ class CUTPruner(tp.pruner.BasePruner):
         self._prior_history = pruning_history(model)
         setattr(compact, HISTORY, list(self._prior_history))
         ignored = list(tp_kwargs.pop("ignored_layers", None) or [])
-        ignored += [m for m in protected_layers(compact, example) if all(m is not k for k in ignored)]
+        ignored += [
+            m for m in protected_layers(compact, example) if all(m is not k for k in ignored)
+        ]
         importance = CUTImportance(
-            losses, tasks=selected_tasks, criterion=criterion, rule=rule, votes=votes,
-            keep_ratio=1.0 - ratio, progress=progress,
+            losses,
+            tasks=selected_tasks,
+            criterion=criterion,
+            rule=rule,
+            votes=votes,
+            keep_ratio=1.0 - ratio,
+            progress=progress,
         )
         self.data = data
         self.max_batches = max_batches
         importance.estimate(compact, data, max_batches)
         was_training = model.training
-        super().__init__(compact, example, importance, pruning_ratio=ratio, ignored_layers=ignored, **tp_kwargs)
+        super().__init__(
+            compact, example, importance, pruning_ratio=ratio, ignored_layers=ignored, **tp_kwargs
+        )
         compact.train(was_training)
 
     def step(self, interactive: bool = False) -> Any:
@@ -264,11 +304,19 @@ class CUTPruner(tp.pruner.BasePruner):
         if importance.is_stale(self.model):
             importance.estimate(self.model, self.data, self.max_batches)
         schedule = self.per_step_pruning_ratio
-        step_ratio = schedule[min(self.current_step + 1, len(schedule) - 1)] if schedule else self.pruning_ratio
+        step_ratio = (
+            schedule[min(self.current_step + 1, len(schedule) - 1)]
+            if schedule
+            else self.pruning_ratio
+        )
         importance.keep_ratio = 1.0 - float(step_ratio)
         result = super().step(interactive)
         if not interactive:
-            setattr(self.model, HISTORY, self._prior_history + [tuple(h) for h in self.pruning_history()])
+            setattr(
+                self.model,
+                HISTORY,
+                self._prior_history + [tuple(h) for h in self.pruning_history()],
+            )
         return result
 
 
@@ -299,9 +347,19 @@ def cut_prune(
     """
     if granularity == "channel":
         pruner = CUTPruner(
-            model, example_inputs, tasks=tasks, losses=losses, data=data, pruning_ratio=pruning_ratio,
-            rule=rule, votes=votes, criterion=criterion, max_batches=max_batches, task_names=task_names,
-            progress=progress, **kwargs,
+            model,
+            example_inputs,
+            tasks=tasks,
+            losses=losses,
+            data=data,
+            pruning_ratio=pruning_ratio,
+            rule=rule,
+            votes=votes,
+            criterion=criterion,
+            max_batches=max_batches,
+            task_names=task_names,
+            progress=progress,
+            **kwargs,
         )
         for _ in range(pruner.iterative_steps):
             pruner.step()
@@ -310,7 +368,13 @@ def cut_prune(
         ratio = check_ratio(pruning_ratio)
         selected = select_tasks(model, tasks, task_names=task_names)
         scores = score_tasks(
-            selected, data, losses, tasks=tasks, criterion=criterion, max_batches=max_batches, progress=progress
+            selected,
+            data,
+            losses,
+            tasks=tasks,
+            criterion=criterion,
+            max_batches=max_batches,
+            progress=progress,
         )
         masks = cut_masks(selected, scores, pruning_ratio=ratio, rule=rule, votes=votes, **kwargs)
         pruned = apply_masks(selected, masks, inplace=True)

@@ -33,10 +33,14 @@ __all__ = [
 ]
 
 
-def check_tasks(tasks: Any, available: Sequence[str] | None = None, *, name: str = "tasks") -> list[str]:
+def check_tasks(
+    tasks: Any, available: Sequence[str] | None = None, *, name: str = "tasks"
+) -> list[str]:
     """Return ``tasks`` as a list of unique strings, all in ``available`` when given."""
     if isinstance(tasks, str):
-        raise TypeError(f"{name} must be a list of task names, got the string {tasks!r}; use [{tasks!r}]")
+        raise TypeError(
+            f"{name} must be a list of task names, got the string {tasks!r}; use [{tasks!r}]"
+        )
     if not isinstance(tasks, Iterable):
         raise TypeError(f"{name} must be a list of task names, got {type(tasks).__name__}")
     result = list(tasks)
@@ -52,7 +56,9 @@ def check_tasks(tasks: Any, available: Sequence[str] | None = None, *, name: str
     if available is not None:
         unknown = [t for t in result if t not in available]
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown} in {name}; the model's tasks are {list(available)}")
+            raise ValueError(
+                f"unknown task(s) {unknown} in {name}; the model's tasks are {list(available)}"
+            )
     return result
 
 
@@ -78,7 +84,9 @@ def check_losses(losses: Any, tasks: Sequence[str]) -> dict[str, Loss]:
         )
     missing = [t for t in tasks if t not in losses]
     if missing:
-        raise ValueError(f"losses has no entry for task(s) {missing}; give one loss per selected task")
+        raise ValueError(
+            f"losses has no entry for task(s) {missing}; give one loss per selected task"
+        )
     for task in tasks:
         if not callable(losses[task]):
             raise TypeError(f"losses[{task!r}] must be callable (output, target) -> scalar Tensor")
@@ -125,7 +133,9 @@ def _to_model(x: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
     return x.to(device=device)
 
 
-def run_model(model: nn.Module, inputs: Inputs, task_names: Sequence[str] | None = None) -> dict[str, Tensor]:
+def run_model(
+    model: nn.Module, inputs: Inputs, task_names: Sequence[str] | None = None
+) -> dict[str, Tensor]:
     """Call ``model`` on ``inputs`` (a Tensor or a tuple passed positionally) → ``{task: Tensor}``.
 
     Floating inputs are moved to the model's device and dtype (new tensors; the
@@ -135,19 +145,27 @@ def run_model(model: nn.Module, inputs: Inputs, task_names: Sequence[str] | None
     if isinstance(inputs, Tensor):
         output = model(_to_model(inputs, device, dtype))
     elif isinstance(inputs, tuple | list):
-        output = model(*(_to_model(x, device, dtype) if isinstance(x, Tensor) else x for x in inputs))
+        output = model(
+            *(_to_model(x, device, dtype) if isinstance(x, Tensor) else x for x in inputs)
+        )
     else:
-        raise TypeError(f"batch inputs must be a Tensor or a tuple of Tensors, got {type(inputs).__name__}")
+        raise TypeError(
+            f"batch inputs must be a Tensor or a tuple of Tensors, got {type(inputs).__name__}"
+        )
     return as_task_outputs(output, task_names)
 
 
 def check_targets(targets: Any, tasks: Sequence[str], index: int) -> dict[str, Tensor]:
     """Return ``{task: target}`` for ``tasks`` from one batch's targets, or raise naming the batch."""
     if not isinstance(targets, Mapping):
-        raise TypeError(f"batch {index}: targets must be a dict {{task: Tensor}}, got {type(targets).__name__}")
+        raise TypeError(
+            f"batch {index}: targets must be a dict {{task: Tensor}}, got {type(targets).__name__}"
+        )
     missing = [t for t in tasks if t not in targets]
     if missing:
-        raise ValueError(f"batch {index} has no target for task(s) {missing}; its targets are {list(targets)}")
+        raise ValueError(
+            f"batch {index} has no target for task(s) {missing}; its targets are {list(targets)}"
+        )
     return {t: targets[t] for t in tasks}
 
 
@@ -179,11 +197,15 @@ def iterate_batches(
             )
         inputs, targets = batch
         if not isinstance(targets, Mapping):
-            raise TypeError(f"batch {index}: targets must be a dict {{task: Tensor}}, got {type(targets).__name__}")
+            raise TypeError(
+                f"batch {index}: targets must be a dict {{task: Tensor}}, got {type(targets).__name__}"
+            )
         count += 1
         yield index, inputs, targets
     if count == 0:
-        raise ValueError("batches yielded no batch; pass a non-empty DataLoader or list of (inputs, targets)")
+        raise ValueError(
+            "batches yielded no batch; pass a non-empty DataLoader or list of (inputs, targets)"
+        )
 
 
 def scalar_loss(loss_fn: Loss, output: Tensor, target: Tensor, *, task: str, index: int) -> Tensor:

@@ -21,7 +21,9 @@ from cut_plugin.state import scoring_state
 __all__ = ["autograd_parameters", "select_tasks", "task_parameters"]
 
 
-def select_tasks(model: nn.Module, tasks: Sequence[str], *, task_names: Sequence[str] | None = None) -> nn.Module:
+def select_tasks(
+    model: nn.Module, tasks: Sequence[str], *, task_names: Sequence[str] | None = None
+) -> nn.Module:
     """Return a copy of ``model`` that computes and returns only ``tasks``.
 
     The copy is a ``torch.fx.GraphModule``: the forward graph is traced, its output
@@ -56,10 +58,14 @@ def select_tasks(model: nn.Module, tasks: Sequence[str], *, task_names: Sequence
             )
         names = check_tasks(task_names, name="task_names")
         if len(names) != len(value):
-            raise ValueError(f"task_names has {len(names)} names but the model returns {len(value)} outputs")
+            raise ValueError(
+                f"task_names has {len(names)} names but the model returns {len(value)} outputs"
+            )
         by_name = dict(zip(names, value, strict=True))
     else:
-        return _select_heads(model, tasks, reason="its output is not a dict or tuple literal in the graph")
+        return _select_heads(
+            model, tasks, reason="its output is not a dict or tuple literal in the graph"
+        )
     selected = check_tasks(tasks, list(by_name))
     output_node.args = ({t: by_name[t] for t in selected},)
     traced.graph.eliminate_dead_code()

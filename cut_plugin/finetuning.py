@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from cut_plugin.batching import Loss, check_losses, check_targets, model_device_dtype, run_model, scalar_loss
+from cut_plugin.batching import (
+    Loss,
+    check_losses,
+    check_targets,
+    model_device_dtype,
+    run_model,
+    scalar_loss,
+)
 from cut_plugin.masks import check_masks
 
 __all__ = ["finetune"]
@@ -107,14 +114,21 @@ def finetune(
             outputs = run_model(student, inputs, task_names)
             missing = [t for t in tasks if t not in outputs]
             if missing:
-                raise ValueError(f"the model returns no output for task(s) {missing}; it returns {list(outputs)}")
-            loss = sum(
-                scalar_loss(task_losses[t], outputs[t], _to(targets[t], device), task=t, index=index) for t in tasks
+                raise ValueError(
+                    f"the model returns no output for task(s) {missing}; it returns {list(outputs)}"
+                )
+            loss: Tensor = sum(  # type: ignore[assignment]
+                scalar_loss(
+                    task_losses[t], outputs[t], _to(targets[t], device), task=t, index=index
+                )
+                for t in tasks
             )
             if teacher is not None and distill > 0:
                 with torch.no_grad():
                     reference = run_model(teacher, inputs, task_names)
-                loss = loss + distill * sum(distill_loss(outputs[t], reference[t].detach()) for t in tasks)
+                loss = loss + distill * sum(
+                    distill_loss(outputs[t], reference[t].detach()) for t in tasks
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
             optimizer.step()

@@ -20,34 +20,51 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import Tensor
 
-__all__ = ["RULES", "Rule", "check_rule", "combine", "fuse", "normalise", "rank_channels", "top_mask"]
+__all__ = [
+    "RULES",
+    "Rule",
+    "check_rule",
+    "combine",
+    "fuse",
+    "normalise",
+    "rank_channels",
+    "top_mask",
+]
 
 Rule = Literal["vote", "any", "all", "mean", "max", "weighted"]
 RULES: tuple[str, ...] = get_args(Rule)
 VERDICT_RULES = ("vote", "any", "all")
 
 
-def check_rule(rule: Any, votes: Any = 2) -> tuple[str, int]:
+def check_rule(rule: Any, votes: Any = 2) -> tuple[Rule, int]:
     """Validate a fusion rule and its vote threshold; return them."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
     if isinstance(votes, bool) or not isinstance(votes, int) or votes < 1:
-        raise ValueError(f"votes must be an int >= 1 (how many tasks must keep a shared weight), got {votes!r}")
-    return str(rule), votes
+        raise ValueError(
+            f"votes must be an int >= 1 (how many tasks must keep a shared weight), got {votes!r}"
+        )
+    return cast(Rule, rule), votes
 
 
 def _check_keep_ratio(keep_ratio: Any) -> float | None:
     if keep_ratio is None:
         return None
-    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, int | float) or math.isnan(keep_ratio):
+    if (
+        isinstance(keep_ratio, bool)
+        or not isinstance(keep_ratio, int | float)
+        or math.isnan(keep_ratio)
+    ):
         raise TypeError(f"keep_ratio must be a float in [0, 1] or None, got {keep_ratio!r}")
     if not 0.0 <= keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in [0, 1] (the fraction each task keeps), got {keep_ratio}")
+        raise ValueError(
+            f"keep_ratio must be in [0, 1] (the fraction each task keeps), got {keep_ratio}"
+        )
     return float(keep_ratio)
 
 
@@ -70,17 +87,23 @@ def top_mask(scores: Tensor, keep_ratio: float) -> Tensor:
     return mask.reshape(scores.shape)
 
 
-def _stack(task_scores: Mapping[str, Tensor] | Sequence[Tensor] | Tensor) -> tuple[list[str], Tensor]:
+def _stack(
+    task_scores: Mapping[str, Tensor] | Sequence[Tensor] | Tensor,
+) -> tuple[list[str], Tensor]:
     if isinstance(task_scores, Tensor):
         if task_scores.dim() < 1 or task_scores.shape[0] == 0:
-            raise ValueError("task_scores as a Tensor must be shaped (num_tasks, ...) with num_tasks >= 1")
+            raise ValueError(
+                "task_scores as a Tensor must be shaped (num_tasks, ...) with num_tasks >= 1"
+            )
         return [str(i) for i in range(task_scores.shape[0])], task_scores
     if isinstance(task_scores, Mapping):
         names, values = [str(k) for k in task_scores], list(task_scores.values())
     elif isinstance(task_scores, Sequence):
         names, values = [str(i) for i in range(len(task_scores))], list(task_scores)
     else:
-        raise TypeError(f"task_scores must be a dict {{task: Tensor}}, got {type(task_scores).__name__}")
+        raise TypeError(
+            f"task_scores must be a dict {{task: Tensor}}, got {type(task_scores).__name__}"
+        )
     if not values:
         raise ValueError("task_scores is empty: fuse needs at least one task's scores")
     for name, value in zip(names, values, strict=True):
@@ -115,7 +138,10 @@ def _weights(weights: Any, names: list[str], device: torch.device) -> Tensor:
 
 
 def combine(
-    scores: Tensor, rule: str, weights: Mapping[str, float] | Sequence[float] | None, names: list[str]
+    scores: Tensor,
+    rule: str,
+    weights: Mapping[str, float] | Sequence[float] | None,
+    names: list[str],
 ) -> Tensor:
     """Fuse already-normalised ``scores`` ``(num_tasks, *shape)`` by a score rule (mean/max/weighted)."""
     if rule == "mean":
@@ -161,7 +187,9 @@ def fuse(
         scores = stacked.float()
     else:
         if not torch.isfinite(stacked).all():
-            raise ValueError("task_scores contain NaN or inf; score the tasks again on finite losses")
+            raise ValueError(
+                "task_scores contain NaN or inf; score the tasks again on finite losses"
+            )
         scores = normalise(stacked.float().flatten(1), dim=1).reshape(stacked.shape)
         verdicts = None
     if rule in VERDICT_RULES:
@@ -202,7 +230,9 @@ def rank_channels(
         ties are broken by the tasks' mean normalised score.
     """
     rule, votes = check_rule(rule, votes)
-    normalised = channel_scores.float() / totals.float().clamp_min(torch.finfo(torch.float32).tiny)[:, None]
+    normalised = (
+        channel_scores.float() / totals.float().clamp_min(torch.finfo(torch.float32).tiny)[:, None]
+    )
     if rule in VERDICT_RULES:
         kept = fuse(normalised, rule=rule, votes=votes, keep_ratio=keep_ratio)
         return kept.float() * 2.0 + normalised.mean(dim=0)

@@ -50,18 +50,28 @@ def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     result: dict[str, nn.Parameter] = {}
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if isinstance(module, PRUNABLE_TYPES) and isinstance(weight, nn.Parameter) and id(weight) in names:
+        if (
+            isinstance(module, PRUNABLE_TYPES)
+            and isinstance(weight, nn.Parameter)
+            and id(weight) in names
+        ):
             result[names[id(weight)]] = weight
     return result
 
 
-def _check_task_scores(task_scores: Any, weights: Mapping[str, nn.Parameter]) -> dict[str, dict[str, Tensor]]:
+def _check_task_scores(
+    task_scores: Any, weights: Mapping[str, nn.Parameter]
+) -> dict[str, dict[str, Tensor]]:
     if not isinstance(task_scores, Mapping) or not task_scores:
-        raise TypeError("task_scores must be a non-empty dict {task: {param_name: Tensor}} from score_tasks")
+        raise TypeError(
+            "task_scores must be a non-empty dict {task: {param_name: Tensor}} from score_tasks"
+        )
     result: dict[str, dict[str, Tensor]] = {}
     for task, scores in task_scores.items():
         if not isinstance(scores, Mapping):
-            raise TypeError(f"task_scores[{task!r}] must be a dict {{param_name: Tensor}}, got {type(scores).__name__}")
+            raise TypeError(
+                f"task_scores[{task!r}] must be a dict {{param_name: Tensor}}, got {type(scores).__name__}"
+            )
         own = {}
         for name, value in scores.items():
             if name not in weights:
@@ -73,7 +83,9 @@ def _check_task_scores(task_scores: Any, weights: Mapping[str, nn.Parameter]) ->
                     f"{tuple(weights[name].shape)}; score this model again with score_tasks"
                 )
             if not torch.isfinite(value).all():
-                raise ValueError(f"task_scores[{task!r}][{name!r}] holds NaN or inf; score on finite losses")
+                raise ValueError(
+                    f"task_scores[{task!r}][{name!r}] holds NaN or inf; score on finite losses"
+                )
             own[name] = value.detach().float()
         result[str(task)] = own
     if not any(result.values()):
@@ -198,13 +210,17 @@ def mask_sparsity(masks: Mapping[str, Tensor]) -> float:
 def check_masks(model: nn.Module, masks: Any) -> dict[str, Tensor]:
     """Return ``masks`` as bool tensors broadcastable to their parameters, or raise naming the bad one."""
     if not isinstance(masks, Mapping):
-        raise TypeError(f"masks must be a dict {{param_name: bool Tensor}}, got {type(masks).__name__}")
+        raise TypeError(
+            f"masks must be a dict {{param_name: bool Tensor}}, got {type(masks).__name__}"
+        )
     params = dict(model.named_parameters())
     result = {}
     for name, mask in masks.items():
         if name not in params:
             close = [p for p in params if p.endswith(str(name).split(".")[-1])][:5]
-            raise ValueError(f"masks names {name!r}, which is not a parameter of the model; e.g. {close}")
+            raise ValueError(
+                f"masks names {name!r}, which is not a parameter of the model; e.g. {close}"
+            )
         if not isinstance(mask, Tensor):
             raise TypeError(f"masks[{name!r}] must be a Tensor, got {type(mask).__name__}")
         shape = params[name].shape
@@ -216,12 +232,16 @@ def check_masks(model: nn.Module, masks: Any) -> dict[str, Tensor]:
                 f"parameter's {tuple(shape)}"
             ) from None
         if torch.broadcast_shapes(mask.shape, shape) != shape:
-            raise ValueError(f"masks[{name!r}] has shape {tuple(mask.shape)}, larger than the parameter's {tuple(shape)}")
+            raise ValueError(
+                f"masks[{name!r}] has shape {tuple(mask.shape)}, larger than the parameter's {tuple(shape)}"
+            )
         result[str(name)] = mask.to(device=params[name].device).bool()
     return result
 
 
-def apply_masks(model: nn.Module, masks: Mapping[str, Tensor], *, inplace: bool = False) -> nn.Module:
+def apply_masks(
+    model: nn.Module, masks: Mapping[str, Tensor], *, inplace: bool = False
+) -> nn.Module:
     """Return a copy of ``model`` (``model`` itself with ``inplace=True``) with masked elements zeroed.
 
     ``masks``: ``{param_name: bool Tensor}``, True = keep, each broadcastable to its parameter

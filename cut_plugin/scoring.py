@@ -111,7 +111,9 @@ def score_tasks(
                 scores = {t: {} for t in selected}
             targets = check_targets(raw_targets, selected, index)
             for position, task in enumerate(selected):
-                target = targets[task].to(device) if isinstance(targets[task], Tensor) else targets[task]
+                target = (
+                    targets[task].to(device) if isinstance(targets[task], Tensor) else targets[task]
+                )
                 loss = scalar_loss(task_losses[task], outputs[task], target, task=task, index=index)
                 grads = torch.autograd.grad(
                     loss, params, retain_graph=position < len(selected) - 1, allow_unused=True
@@ -119,11 +121,16 @@ def score_tasks(
                 _accumulate(scores[task], named, grads, criterion)
             if criterion == "magnitude":
                 break  # one batch tells which parameters each task uses
-    return {task: _finish(task_scores, dict(named), criterion) for task, task_scores in scores.items()}
+    return {
+        task: _finish(task_scores, dict(named), criterion) for task, task_scores in scores.items()
+    }
 
 
 def _accumulate(
-    acc: dict[str, Tensor], named: list[tuple[str, nn.Parameter]], grads: Sequence[Tensor | None], criterion: str
+    acc: dict[str, Tensor],
+    named: list[tuple[str, nn.Parameter]],
+    grads: Sequence[Tensor | None],
+    criterion: str,
 ) -> None:
     with torch.no_grad():
         for (name, p), grad in zip(named, grads, strict=True):
@@ -141,10 +148,14 @@ def _accumulate(
                 acc[name] = term
 
 
-def _finish(acc: dict[str, Tensor], params: dict[str, nn.Parameter], criterion: str) -> dict[str, Tensor]:
+def _finish(
+    acc: dict[str, Tensor], params: dict[str, nn.Parameter], criterion: str
+) -> dict[str, Tensor]:
     with torch.no_grad():
         if criterion == "magnitude":
             return {name: params[name].detach().abs() for name in acc}
         if criterion == "fisher":
-            return {name: 0.5 * params[name].detach().square() * value for name, value in acc.items()}
+            return {
+                name: 0.5 * params[name].detach().square() * value for name, value in acc.items()
+            }
         return acc

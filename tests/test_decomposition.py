@@ -26,7 +26,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "factory", "tasks", "task_names"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "factory", "tasks", "task_names"), CASES, ids=[c[0] for c in CASES]
+)
 def test_selected_outputs_equal_original_and_rest_is_gone(name, factory, tasks, task_names):
     torch.manual_seed(0)
     model = init_nontrivial(factory())
@@ -44,7 +46,9 @@ def test_selected_outputs_equal_original_and_rest_is_gone(name, factory, tasks, 
     names = dict(selected.named_parameters())
     for task in dropped:
         assert not any(n.startswith(f"heads.{task}.") for n in names), f"head {task} kept"
-    assert sum(p.numel() for p in selected.parameters()) < sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in selected.parameters()) < sum(
+        p.numel() for p in model.parameters()
+    )
     assert same_state(model, snapshot)
     assert all(p is not q for p in selected.parameters() for q in model.parameters())
 

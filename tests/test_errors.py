@@ -28,7 +28,13 @@ def setup():
 
 
 def _prune(model, batches, default_losses, **kw):
-    args = {"tasks": ["a", "b"], "losses": default_losses, "data": batches, "pruning_ratio": 0.5, "progress": False}
+    args = {
+        "tasks": ["a", "b"],
+        "losses": default_losses,
+        "data": batches,
+        "pruning_ratio": 0.5,
+        "progress": False,
+    }
     args.update(kw)
     return atp.cut_prune(model, example_input(model, 1), **args)
 
@@ -45,13 +51,20 @@ BAD_CUT_PRUNE = [
     ({"criterion": "hessian"}, ValueError, "criterion must be one of"),
     ({"rule": "majority"}, ValueError, "rule must be one of"),
     ({"data": []}, ValueError, "yielded no batch"),
-    ({"data": [(torch.randn(2, 1, 16, 16), {"a": torch.zeros(2, dtype=torch.long)})]}, ValueError,
-     r"batch 0 has no target for task\(s\) \['b'\]"),
+    (
+        {"data": [(torch.randn(2, 1, 16, 16), {"a": torch.zeros(2, dtype=torch.long)})]},
+        ValueError,
+        r"batch 0 has no target for task\(s\) \['b'\]",
+    ),
     ({"data": [torch.randn(2, 1, 16, 16)]}, TypeError, "pair"),
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_CUT_PRUNE, ids=[str(list(c[0])) + str(i) for i, c in enumerate(BAD_CUT_PRUNE)])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    BAD_CUT_PRUNE,
+    ids=[str(list(c[0])) + str(i) for i, c in enumerate(BAD_CUT_PRUNE)],
+)
 @pytest.mark.parametrize("granularity", ["channel", "weight"])
 def test_cut_prune_rejects_bad_input_and_leaves_model(setup, kwargs, error, message, granularity):
     model, batches, losses = setup
@@ -71,8 +84,13 @@ def test_nan_loss_while_scoring_names_task_and_batch(setup):
 def test_non_scalar_loss(setup):
     model, batches, losses = setup
     with pytest.raises(ValueError, match="scalar"):
-        score_tasks(model, batches, dict(losses, a=lambda o, y: F.cross_entropy(o, y, reduction="none")),
-                    tasks=["a"], progress=False)
+        score_tasks(
+            model,
+            batches,
+            dict(losses, a=lambda o, y: F.cross_entropy(o, y, reduction="none")),
+            tasks=["a"],
+            progress=False,
+        )
 
 
 def test_tuple_output_without_task_names():

@@ -50,11 +50,15 @@ def test_fusing_one_task_returns_its_normalised_scores(scores, rule):
 def test_vote_one_is_any_and_vote_all_is_all(verdicts):
     assert torch.equal(fuse(verdicts, rule="vote", votes=1), fuse(verdicts, rule="any"))
     assert torch.equal(fuse(verdicts, rule="vote", votes=len(verdicts)), fuse(verdicts, rule="all"))
-    assert torch.equal(fuse(verdicts, rule="vote", votes=len(verdicts) + 3), fuse(verdicts, rule="all"))
+    assert torch.equal(
+        fuse(verdicts, rule="vote", votes=len(verdicts) + 3), fuse(verdicts, rule="all")
+    )
 
 
 @SETTINGS
-@given(task_scores(min_tasks=2), st.sampled_from(["vote", "any", "all", "mean", "max"]), st.randoms())
+@given(
+    task_scores(min_tasks=2), st.sampled_from(["vote", "any", "all", "mean", "max"]), st.randoms()
+)
 def test_symmetric_rules_ignore_task_order(scores, rule, rng):
     names = list(scores)
     rng.shuffle(names)

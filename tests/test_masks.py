@@ -5,8 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cut_plugin import apply_masks, cut_masks, finetune, mask_sparsity, prunable_weights, score_tasks, select_tasks
-from tests.toy_models import ResidualNet, init_nontrivial, losses_for, make_batches, same_state, state_snapshot
+from cut_plugin import (
+    apply_masks,
+    cut_masks,
+    finetune,
+    mask_sparsity,
+    prunable_weights,
+    score_tasks,
+    select_tasks,
+)
+from tests.toy_models import (
+    ResidualNet,
+    init_nontrivial,
+    losses_for,
+    make_batches,
+    same_state,
+    state_snapshot,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +48,9 @@ def test_uncalibrated_vote_is_the_papers_literal_rule(scored):
     model, scores, _ = scored
     two = {t: scores[t] for t in ("a", "seg")}
     literal = cut_masks(model, two, pruning_ratio=0.5, calibrate=False)
-    assert mask_sparsity(literal) > 0.51  # with two tasks the vote is an AND: it keeps less than each
+    assert (
+        mask_sparsity(literal) > 0.51
+    )  # with two tasks the vote is an AND: it keeps less than each
     calibrated = cut_masks(model, two, pruning_ratio=0.5)
     assert abs(mask_sparsity(calibrated) - 0.5) <= 0.01
     assert not all(torch.equal(literal[n], calibrated[n]) for n in literal)
@@ -82,18 +99,31 @@ def test_finetune_keeps_masks_and_learns(scored):
     masks = cut_masks(model, scores, pruning_ratio=0.5)
     pruned = apply_masks(model, masks)
     snapshot = state_snapshot(pruned)
-    tuned = finetune(pruned, batches, losses_for(ResidualNet()), steps=4, lr=1e-2, masks=masks, progress=False)
+    tuned = finetune(
+        pruned, batches, losses_for(ResidualNet()), steps=4, lr=1e-2, masks=masks, progress=False
+    )
     assert same_state(pruned, snapshot)
     params = dict(tuned.named_parameters())
     for name, mask in masks.items():
         assert (params[name][~mask] == 0).all()
-    assert not torch.equal(params["trunk.0.weight"], dict(pruned.named_parameters())["trunk.0.weight"])
+    assert not torch.equal(
+        params["trunk.0.weight"], dict(pruned.named_parameters())["trunk.0.weight"]
+    )
     assert not tuned.training  # the mode it was given
 
 
 def test_finetune_with_teacher_distillation(scored):
     model, _, batches = scored
-    tuned = finetune(model, batches, losses_for(ResidualNet()), steps=2, lr=1e-3, teacher=model, distill=1.0, progress=False)
+    tuned = finetune(
+        model,
+        batches,
+        losses_for(ResidualNet()),
+        steps=2,
+        lr=1e-3,
+        teacher=model,
+        distill=1.0,
+        progress=False,
+    )
     before, after = dict(model.named_parameters()), dict(tuned.named_parameters())
     assert not torch.equal(after["trunk.0.weight"], before["trunk.0.weight"])
     with pytest.raises(ValueError, match="teacher"):

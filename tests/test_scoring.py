@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cut_plugin import score_tasks
-from tests.toy_models import ResidualNet, init_nontrivial, losses_for, make_batches, same_state, state_snapshot
+from tests.toy_models import (
+    ResidualNet,
+    init_nontrivial,
+    losses_for,
+    make_batches,
+    same_state,
+    state_snapshot,
+)
 
 
 class TwoLinear(nn.Module):
@@ -19,7 +26,9 @@ class TwoLinear(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.shared = nn.Linear(3, 4, bias=False)
-        self.heads = nn.ModuleDict({"s": nn.Linear(4, 2, bias=False), "t": nn.Linear(4, 1, bias=False)})
+        self.heads = nn.ModuleDict(
+            {"s": nn.Linear(4, 2, bias=False), "t": nn.Linear(4, 1, bias=False)}
+        )
 
     def forward(self, x):
         h = self.shared(x)
@@ -66,9 +75,18 @@ def test_two_batches_accumulate(criterion):
 
 def test_magnitude_is_abs_weight_of_used_parameters():
     model = TwoLinear()
-    scores = score_tasks(model, [_mse_batch(0)], {"t": F.mse_loss}, tasks=["t"], criterion="magnitude", progress=False)
+    scores = score_tasks(
+        model,
+        [_mse_batch(0)],
+        {"t": F.mse_loss},
+        tasks=["t"],
+        criterion="magnitude",
+        progress=False,
+    )
     assert list(scores) == ["t"]
-    torch.testing.assert_close(scores["t"]["heads.t.weight"], model.heads["t"].weight.detach().abs())
+    torch.testing.assert_close(
+        scores["t"]["heads.t.weight"], model.heads["t"].weight.detach().abs()
+    )
     assert "heads.s.weight" not in scores["t"]
 
 

@@ -72,7 +72,9 @@ class ConcatNet(nn.Module):
         self.branch1 = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.ReLU())
         self.branch2 = nn.Sequential(nn.Conv2d(8, 10, 1), nn.ReLU())
         self.mix = nn.Sequential(nn.Conv2d(16, 12, 3, padding=1), nn.ReLU())
-        self.heads = nn.ModuleDict({"left": pooled_head(12, 5), "right": pooled_head(12, 3, hidden=6)})
+        self.heads = nn.ModuleDict(
+            {"left": pooled_head(12, 5), "right": pooled_head(12, 3, hidden=6)}
+        )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         s = self.stem(x)
@@ -169,4 +171,6 @@ def state_snapshot(model: nn.Module) -> dict[str, Tensor]:
 
 def same_state(model: nn.Module, snapshot: dict[str, Tensor]) -> bool:
     state = model.state_dict()
-    return state.keys() == snapshot.keys() and all(torch.equal(state[k], snapshot[k]) for k in state)
+    return state.keys() == snapshot.keys() and all(
+        torch.equal(state[k], snapshot[k]) for k in state
+    )

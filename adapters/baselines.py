@@ -1,0 +1,111 @@
+"""Torch-Pruning's own importances under CUT's protocol, and MAC counting.
+
+Re-exported by :mod:`adapters.torch_pruning`; import from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, get_args
+
+import torch_pruning as tp
+from torch import nn
+
+from adapters.compaction import HISTORY, TASKS, as_example_inputs, protected_layers, pruning_history
+from cut_plugin import select_tasks
+from cut_plugin.batching import (
+    Inputs,
+    Loss,
+    check_losses,
+    check_ratio,
+    check_targets,
+    check_tasks,
+    iterate_batches,
+    run_model,
+    scalar_loss,
+)
+
+__all__ = ["BASELINES", "Baseline", "baseline_prune", "count_macs"]
+
+
+Baseline = Literal["magnitude", "taylor", "random"]
+BASELINES: tuple[str, ...] = get_args(Baseline)
+
+
+def count_macs(model: nn.Module, example_inputs: Inputs) -> tuple[int, int]:
+    """``(MACs, parameters)`` of ``model`` on ``example_inputs`` (Torch-Pruning's counter).
+
+    Counts conv/linear/norm layers by exact type; functional ops (adds, concat,
+    interpolation) are not counted.
+    """
+    was_training = model.training
+    try:
+        macs, params = tp.utils.count_ops_and_params(model, as_example_inputs(example_inputs))
+    finally:
+        model.train(was_training)
+    return int(macs), int(params)
+
+
+def baseline_prune(
+    model: nn.Module,
+    example_inputs: Inputs,
+    *,
+    tasks: Sequence[str],
+    pruning_ratio: float,
+    importance: Baseline = "magnitude",
+    losses: Mapping[str, Loss] | None = None,
+    data: Iterable[Any] | None = None,
+    max_batches: int | None = None,
+    task_names: Sequence[str] | None = None,
+    **tp_kwargs: Any,
+) -> nn.Module:
+    """Torch-Pruning's own importance under the same protocol as :func:`cut_prune`.
+
+    The same decomposition (``select_tasks``) and protected output layers, then
+    ``GroupMagnitudeImportance``, ``GroupTaylorImportance`` on the summed loss of
+    ``tasks`` (gradients accumulated over ``data``), or ``RandomImportance``. The
+    fair baseline for CUT: only the importance differs.
+    """
+    ratio = check_ratio(pruning_ratio)
+    if importance not in BASELINES:
+        raise ValueError(f"importance must be one of {list(BASELINES)}, got {importance!r}")
+    example = as_example_inputs(example_inputs)
+    selected_tasks = check_tasks(tasks)
+    compact = select_tasks(model, selected_tasks, task_names=task_names)
+    was_training = compact.training
+    scorer = {
+        "magnitude": tp.importance.GroupMagnitudeImportance,
+        "taylor": tp.importance.GroupTaylorImportance,
+        "random": tp.importance.RandomImportance,
+    }[importance]()
+    ignored = list(tp_kwargs.pop("ignored_layers", None) or []) + protected_layers(compact, example)
+    pruner = tp.pruner.BasePruner(
+        compact, example, scorer, pruning_ratio=ratio, ignored_layers=ignored, **tp_kwargs
+    )
+    for _ in range(pruner.iterative_steps):
+        if importance == "taylor":
+            if losses is None or data is None:
+                raise ValueError(
+                    "importance='taylor' needs losses and data (the summed task loss's gradients)"
+                )
+            _accumulate_gradients(compact, check_losses(losses, selected_tasks), data, max_batches)
+        pruner.step()
+    compact.zero_grad(set_to_none=True)
+    compact.train(was_training)
+    setattr(compact, TASKS, selected_tasks)
+    setattr(compact, HISTORY, pruning_history(model) + [tuple(h) for h in pruner.pruning_history()])
+    return compact
+
+
+def _accumulate_gradients(
+    model: nn.Module, losses: Mapping[str, Loss], data: Iterable[Any], max_batches: int | None
+) -> None:
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    for index, inputs, raw in iterate_batches(data, max_batches=max_batches):
+        outputs = run_model(model, inputs)
+        targets = check_targets(raw, list(losses), index)
+        total = sum(
+            scalar_loss(fn, outputs[t], targets[t], task=t, index=index) for t, fn in losses.items()
+        )
+        total.backward()  # type: ignore[union-attr]
