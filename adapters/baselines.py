@@ -40,7 +40,9 @@ def count_macs(model: nn.Module, example_inputs: Inputs) -> tuple[int, int]:
     """
     was_training = model.training
     try:
-        macs, params = tp.utils.count_ops_and_params(model, as_example_inputs(example_inputs))
+        macs, params = tp.utils.count_ops_and_params(
+            model, as_example_inputs(example_inputs, model)
+        )
     finally:
         model.train(was_training)
     return int(macs), int(params)
@@ -69,7 +71,7 @@ def baseline_prune(
     ratio = check_ratio(pruning_ratio)
     if importance not in BASELINES:
         raise ValueError(f"importance must be one of {list(BASELINES)}, got {importance!r}")
-    example = as_example_inputs(example_inputs)
+    example = as_example_inputs(example_inputs, model)
     selected_tasks = check_tasks(tasks)
     compact = select_tasks(model, selected_tasks, task_names=task_names)
     was_training = compact.training

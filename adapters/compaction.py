@@ -15,7 +15,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from cut_plugin import select_tasks
-from cut_plugin.batching import Inputs, run_model
+from cut_plugin.batching import Inputs, model_device_dtype, run_model
 from cut_plugin.masks import PRUNABLE_TYPES, apply_masks, check_masks
 from cut_plugin.state import scoring_state
 
@@ -37,14 +37,28 @@ OUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 IN_HANDLERS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 
 
-def as_example_inputs(example_inputs: Any) -> tuple[Any, ...]:
-    """Example inputs as the tuple Torch-Pruning expects (a bare tensor is wrapped)."""
+def as_example_inputs(example_inputs: Any, model: nn.Module | None = None) -> tuple[Any, ...]:
+    """Example inputs as the tuple Torch-Pruning expects (a bare tensor is wrapped).
+
+    With ``model``, floating tensors are cast to the model's device and dtype (new
+    tensors; the caller's are unchanged), as ``run_model`` does for batches.
+    """
     if isinstance(example_inputs, Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, tuple | list):
-        return tuple(example_inputs)
-    raise TypeError(
-        f"example_inputs must be a Tensor or a tuple of Tensors, got {type(example_inputs).__name__}"
+        example = (example_inputs,)
+    elif isinstance(example_inputs, tuple | list):
+        example = tuple(example_inputs)
+    else:
+        raise TypeError(
+            f"example_inputs must be a Tensor or a tuple of Tensors, got {type(example_inputs).__name__}"
+        )
+    if model is None:
+        return example
+    device, dtype = model_device_dtype(model)
+    return tuple(
+        x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+        if isinstance(x, Tensor)
+        else x
+        for x in example
     )
 
 
@@ -104,11 +118,45 @@ def output_layers(
 def protected_layers(
     model: nn.Module, example_inputs: Inputs, task_names: Sequence[str] | None = None
 ) -> list[nn.Module]:
-    """Every task's output layers, in one list (for ``ignored_layers``)."""
+    """Layers pruning must not touch (for ``ignored_layers``).
+
+    Every task's output layer; a grouped (depthwise) conv reading the model's input
+    (Torch-Pruning couples its output channels to its input channels, and the
+    model's input width is fixed); a conv/linear layer called more than once per
+    forward (tied weights: Torch-Pruning cannot prune a layer reused with different
+    couplings consistently).
+    """
     layers: list[nn.Module] = []
     for found in _output_layer_lists(model, example_inputs, task_names).values():
         layers.extend(m for m in found if all(m is not k for k in layers))
-    return layers
+    extra = _structural_layers(model, example_inputs, task_names)
+    return layers + [m for m in extra if all(m is not k for k in layers)]
+
+
+def _structural_layers(
+    model: nn.Module, example_inputs: Inputs, task_names: Sequence[str] | None
+) -> list[nn.Module]:
+    calls: dict[int, int] = {}
+    reads_input: list[nn.Module] = []
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        calls[id(module)] = calls.get(id(module), 0) + 1
+        # In scoring_state every parameter requires grad, so only a model input (or a
+        # constant) arrives here without an autograd history.
+        grouped = getattr(module, "groups", 1) > 1
+        if grouped and inputs and isinstance(inputs[0], Tensor) and inputs[0].grad_fn is None:
+            reads_input.append(module)
+
+    layers = [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    try:
+        with scoring_state(model), torch.enable_grad():
+            run_model(model, as_example_inputs(example_inputs), task_names)
+    finally:
+        for handle in handles:
+            handle.remove()
+    reused = [m for m in layers if calls.get(id(m), 0) > 1]
+    return reads_input + [m for m in reused if all(m is not k for k in reads_input)]
 
 
 def _zero_rows(weight: Tensor, idxs: Sequence[int], transposed: bool) -> Tensor:
@@ -180,7 +228,7 @@ def align_masks(
     checked = check_masks(model, masks)
     work = copy.deepcopy(model)
     graph = tp.DependencyGraph().build_dependency(
-        work, as_example_inputs(example_inputs), verbose=False
+        work, as_example_inputs(example_inputs, work), verbose=False
     )
     plan = _plan(work, checked, graph, protected_layers(work, example_inputs, task_names))
     names = {id(p): n for n, p in work.named_parameters()}
@@ -231,7 +279,7 @@ def prune_by_masks(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    example = as_example_inputs(example_inputs)
+    example = as_example_inputs(example_inputs, model)
     aligned = align_masks(model, masks, example, task_names=task_names)
     work = apply_masks(model, aligned)
     was_training = work.training
@@ -302,7 +350,7 @@ def load_pruned(
     was_training = model.training
     history = [(n, out, idxs) for n, out, idxs in state["history"]]
     graph = tp.DependencyGraph().build_dependency(
-        model, as_example_inputs(example_inputs), verbose=False
+        model, as_example_inputs(example_inputs, model), verbose=False
     )
     try:
         graph.load_pruning_history(history)

@@ -269,7 +269,7 @@ class CUTPruner(tp.pruner.BasePruner):
             raise TypeError(
                 "CUTPruner builds its own CUTImportance; use tp.pruner.BasePruner for another importance"
             )
-        example = as_example_inputs(example_inputs)
+        example = as_example_inputs(example_inputs, model)
         selected_tasks = check_tasks(tasks)
         compact = select_tasks(model, selected_tasks, task_names=task_names)
         check_losses(losses, selected_tasks)

@@ -20,6 +20,9 @@ Implementation notes:
   Mode and ``requires_grad`` flags are restored afterwards.
 - A parameter a task's output does not reach has no entry in that task's scores:
   the keys of ``scores[t]`` are task t's subnetwork.
+- Data-parallel: when a ``torch.distributed`` process group is initialised, each
+  rank scores the batches it is given (its shard) and the scores are all-reduced
+  (summed), so every rank gets the scores of the whole data.
 """
 
 from __future__ import annotations
@@ -121,9 +124,26 @@ def score_tasks(
                 _accumulate(scores[task], named, grads, criterion)
             if criterion == "magnitude":
                 break  # one batch tells which parameters each task uses
+    if criterion != "magnitude":
+        _all_reduce(scores)
     return {
         task: _finish(task_scores, dict(named), criterion) for task, task_scores in scores.items()
     }
+
+
+def _all_reduce(scores: TaskScores) -> None:
+    """Sum the accumulators over the ranks of an initialised ``torch.distributed`` process group.
+
+    Each rank scores its own shard of the data; the sum equals scoring all shards
+    in one process (the criteria are sums over batches). Keys are sorted so every
+    rank reduces the same tensors in the same order.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for task in sorted(scores):
+        for name in sorted(scores[task]):
+            dist.all_reduce(scores[task][name], op=dist.ReduceOp.SUM)
 
 
 def _accumulate(

@@ -1,0 +1,122 @@
+"""Property tests on random architectures (tests/random_models.py): CUT structured and
+unstructured and NNI speedup keep outputs' keys and widths, masked == physical, outputs are
+finite, the caller's model is untouched, save/load is identical.
+
+The number of generated cases is set by the hypothesis profile: ``ci`` (default, ~200 cases
+in all) or ``long`` (``HYPOTHESIS_PROFILE=long``, 10x more)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import adapters.torch_pruning as atp
+from cut_plugin import apply_masks, mask_sparsity
+from tests.random_models import SPECS, RandomNet, batches_for, cross_entropy_losses
+from tests.toy_models import same_state, state_snapshot
+
+settings.register_profile(
+    "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+settings.register_profile("long", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared 2-core machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def _subset(model: RandomNet, draw_bits: int) -> list[str]:
+    tasks = list(model.heads.keys())
+    chosen = [t for i, t in enumerate(tasks) if draw_bits >> i & 1]
+    return chosen or tasks[:1]
+
+
+@settings(max_examples=90 * SCALE)
+@given(spec=SPECS, bits=st.integers(1, 15), ratio=st.floats(0.1, 0.7))
+def test_cut_structured(tmp_path_factory, spec, bits, ratio):
+    model = RandomNet(spec)
+    snapshot = state_snapshot(model)
+    tasks = _subset(model, bits)
+    data = batches_for(model)
+    x = data[0][0]
+    reference = model(x)
+    compact = atp.cut_prune(
+        model,
+        x[:1],
+        tasks=tasks,
+        losses=cross_entropy_losses(model),
+        data=data,
+        pruning_ratio=ratio,
+        progress=False,
+    )
+    out = compact(x)
+    assert list(out) == tasks
+    for task in tasks:
+        assert out[task].shape == reference[task].shape
+        assert torch.isfinite(out[task]).all()
+    assert same_state(model, snapshot)
+    path = tmp_path_factory.mktemp("pruned") / "m.pt"
+    atp.save_pruned(compact, path)
+    loaded = atp.load_pruned(path, lambda: RandomNet(spec), x[:1]).eval()
+    for task, value in compact.eval()(x).items():
+        torch.testing.assert_close(loaded(x)[task], value, rtol=0, atol=0)
+
+
+@settings(max_examples=50 * SCALE)
+@given(spec=SPECS, bits=st.integers(1, 15), ratio=st.floats(0.1, 0.9))
+def test_cut_unstructured(spec, bits, ratio):
+    model = RandomNet(spec)
+    snapshot = state_snapshot(model)
+    tasks = _subset(model, bits)
+    data = batches_for(model)
+    pruned = atp.cut_prune(
+        model,
+        data[0][0][:1],
+        tasks=tasks,
+        losses=cross_entropy_losses(model),
+        data=data,
+        pruning_ratio=ratio,
+        granularity="weight",
+        progress=False,
+    )
+    masks = pruned.cut_pam_masks
+    total = sum(m.numel() for m in masks.values())
+    assert abs(mask_sparsity(masks) - ratio) <= max(0.01, 2 / total)
+    params = dict(pruned.named_parameters())
+    assert all((params[n][~m] == 0).all() for n, m in masks.items())
+    assert all(torch.isfinite(v).all() for v in pruned(data[0][0]).values())
+    assert same_state(model, snapshot)
+
+
+@settings(max_examples=60 * SCALE)
+@given(spec=SPECS, seed=st.integers(0, 1000), keep=st.floats(0.2, 0.9))
+def test_masked_equals_physical(spec, seed, keep):
+    model = RandomNet(spec)
+    snapshot = state_snapshot(model)
+    g = torch.Generator().manual_seed(seed)
+    masks = {
+        name: torch.rand(p.shape[0], *[1] * (p.dim() - 1), generator=g) < keep
+        for name, p in model.named_parameters()
+        if p.dim() > 1 and name.startswith("trunk.")
+    }
+    x = batches_for(model)[0][0]
+    compact = atp.prune_by_masks(model, masks, x[:1])
+    masked = apply_masks(model, atp.align_masks(model, masks, x[:1]))
+    out_c, out_m = compact(x), masked(x)
+    assert out_c.keys() == out_m.keys()
+    for task in out_m:
+        torch.testing.assert_close(out_c[task], out_m[task], atol=1e-5, rtol=1e-4)
+    assert sum(p.numel() for p in compact.parameters()) <= sum(
+        p.numel() for p in model.parameters()
+    )
+    assert same_state(model, snapshot)
