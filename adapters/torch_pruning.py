@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from adapters.baselines import BASELINES, baseline_prune, count_macs
+from adapters.merged_pruning import PRUNED_GROUPS, prune_merged
 from adapters.compaction import (
     HISTORY,
     IN_HANDLERS,
@@ -41,6 +42,7 @@ from cut_plugin.scoring import Criterion, check_criterion
 
 __all__ = [
     "BASELINES",
+    "PRUNED_GROUPS",
     "CUTImportance",
     "CUTPruner",
     "align_masks",
@@ -50,6 +52,7 @@ __all__ = [
     "load_pruned",
     "output_layers",
     "prune_by_masks",
+    "prune_merged",
     "pruning_history",
     "save_pruned",
 ]

