@@ -15,12 +15,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a suite; write results.json, report.md and plots")
     run.add_argument("--suite", default="quick", choices=sorted(SUITES))
-    run.add_argument("--out", type=Path, default=None, help="output folder (default bench-out/<suite>)")
+    run.add_argument(
+        "--out", type=Path, default=None, help="output folder (default bench-out/<suite>)"
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--parts", nargs="+", default=None, help="run only these parts of the suite")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     commands.add_parser("list", help="list the suites and their parts")
-    readme = commands.add_parser("readme", help="regenerate README.md's results section from a results.json")
+    readme = commands.add_parser(
+        "readme", help="regenerate README.md's results section from a results.json"
+    )
     readme.add_argument("results", type=Path)
     readme.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args(argv)
@@ -36,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("bench-out") / args.suite
     results = run_suite(args.suite, seed=args.seed, progress=not args.no_progress, parts=args.parts)
     write_results(results, out)
-    print(f"\nsuite {args.suite!r}: {results['run_info']['seconds']:.0f} s; wrote {out}/results.json, report.md, plots")
+    print(
+        f"\nsuite {args.suite!r}: {results['run_info']['seconds']:.0f} s; wrote {out}/results.json, report.md, plots"
+    )
     for line in summarise(results):
         print(f"  - {line}")
     print(f"\n{(out / 'report.md').read_text()}")

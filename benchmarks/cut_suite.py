@@ -10,6 +10,7 @@ latency (batch 1 and 64) and the method's own run time.
 from __future__ import annotations
 
 import copy
+import os
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -203,12 +204,17 @@ def _scratch(ctx: Context) -> tuple[nn.Module, None]:
 
 def _nni_l1(ctx: Context) -> tuple[nn.Module, None]:
     """NNI's L1NormPruner on the selected model's trunk convs, then ``adapters.nni.speedup``."""
-    from adapters.nni import speedup
     from nni.compression.pruning import L1NormPruner
+
+    from adapters.nni import speedup
 
     selected = select_tasks(ctx.model, ctx.tasks)
     protected = set(atp.output_layers(selected, ctx.example()).values())
-    names = [n for n, m in selected.named_modules() if isinstance(m, nn.Conv2d | nn.Linear) and m not in protected]
+    names = [
+        n
+        for n, m in selected.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and m not in protected
+    ]
     config = [{"op_names": names, "sparse_ratio": ctx.ratio, "granularity": "out_channel"}]
     pruner = L1NormPruner(selected, config)
     _, masks = pruner.compress()
@@ -245,14 +251,22 @@ def _measure(model: nn.Module, ctx: Context) -> dict[str, float]:
 
 
 def run_cut_suite(
-    config: CUTSuiteConfig, *, seed: int = 0, progress: bool = True
+    config: CUTSuiteConfig,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] = ".cache/cut-pam",
 ) -> dict[str, Any]:
-    """Run every method on every subset × ratio; return ``{"config", "pretrained", "rows"}``."""
+    """Run every method on every subset × ratio; return ``{"config", "pretrained_accuracy", "rows"}``.
+
+    The pre-trained model is trained once and cached in ``cache_dir``.
+    """
     data = load_data(config.data, seed=seed, **config.data_kwargs)
     model = pretrained(
         config.model,
         data,
         seed=seed,
+        cache_dir=cache_dir,
         model_kwargs=config.model_kwargs,
         epochs=config.pretrain_epochs,
         batch_size=config.batch_size,

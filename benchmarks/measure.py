@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -20,7 +21,9 @@ __all__ = ["environment", "git_sha", "latency_ms", "peak_memory", "timed"]
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, x: Tensor, *, repeats: int = 20, warmup: int = 3, threads: int | None = 1) -> float:
+def latency_ms(
+    model: nn.Module, x: Tensor, *, repeats: int = 20, warmup: int = 3, threads: int | None = 1
+) -> float:
     """Median wall-clock milliseconds of ``model(x)`` in eval mode (mode restored).
 
     ``threads=1`` (default) measures one CPU core, as on a small edge device, and
@@ -59,10 +62,8 @@ def _rss_bytes() -> int:
 
 def _release_free_memory() -> None:
     """Give freed heap pages back to the OS (glibc), so a peak is not hidden by reuse."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def peak_memory(fn: Callable[[], Any], *, interval: float = 0.0005) -> tuple[float, float]:

@@ -42,7 +42,14 @@ def cut_tables(cut: dict[str, Any]) -> str:
         base = dense.get(tasks)
         header = ["method", "granularity"]
         header += [f"{t} acc (before FT)" for t in tasks]
-        header += ["params", "MACs", "lat b1 (ms)", "lat b64 (ms)", "speed-up b64 / MAC red.", "run time (s)"]
+        header += [
+            "params",
+            "MACs",
+            "lat b1 (ms)",
+            "lat b64 (ms)",
+            "speed-up b64 / MAC red.",
+            "run time (s)",
+        ]
         body = []
         for row in ([base] if base else []) + group:
             efficiency = "–"
@@ -51,13 +58,18 @@ def cut_tables(cut: dict[str, Any]) -> str:
                 reduction = base["macs"] / row["macs"]
                 efficiency = f"{speedup:.2f}× / {reduction:.2f}× = {speedup / reduction:.2f}"
             cells = [row["method"], row["granularity"]]
-            cells += [f"{_pct(row['accuracy'][t])} ({_pct(row['accuracy_before_finetune'][t])})" for t in tasks]
+            cells += [
+                f"{_pct(row['accuracy'][t])} ({_pct(row['accuracy_before_finetune'][t])})"
+                for t in tasks
+            ]
             cells += [
                 _num(row["params"]), _num(row["macs"]), f"{row['latency_b1_ms']:.2f}",
                 f"{row['latency_b64_ms']:.2f}", efficiency, f"{row['method_seconds']:.1f}",
             ]  # fmt: skip
             body.append(cells)
-        out.append(f"#### Tasks {' + '.join(tasks)}, pruning ratio {ratio}\n\n" + _table(header, body))
+        out.append(
+            f"#### Tasks {' + '.join(tasks)}, pruning ratio {ratio}\n\n" + _table(header, body)
+        )
     return "\n\n".join(out)
 
 
@@ -67,7 +79,11 @@ def scoring_table(scoring: dict[str, Any]) -> str:
     return _table(
         ["", "time (s)", "peak RSS growth (MiB)"],
         [
-            ["plain loop (1 forward + 1 backward per task)", f"{p['seconds']:.2f}", f"{p['peak_mib']:.1f}"],
+            [
+                "plain loop (1 forward + 1 backward per task)",
+                f"{p['seconds']:.2f}",
+                f"{p['peak_mib']:.1f}",
+            ],
             ["`score_tasks`", f"{s['seconds']:.2f}", f"{s['peak_mib']:.1f}"],
             ["ratio", f"{scoring['time_ratio']:.2f}", f"{memory:.2f}" if memory else "–"],
         ],
@@ -96,12 +112,17 @@ def summarise(results: dict[str, Any]) -> list[str]:
             if row["method"] != "dense":
                 groups.setdefault((tuple(row["tasks"]), row["ratio"]), []).append(row)
         for (tasks, ratio), rows in groups.items():
+
             def mean_acc(r: dict) -> float:
                 return sum(r["accuracy"].values()) / len(r["accuracy"])
 
             ranked = sorted(rows, key=mean_acc, reverse=True)
             best, second = ranked[0], ranked[1] if len(ranked) > 1 else None
-            gap = f", {100 * (mean_acc(best) - mean_acc(second)):+.2f} points over {second['method']}" if second else ""
+            gap = (
+                f", {100 * (mean_acc(best) - mean_acc(second)):+.2f} points over {second['method']}"
+                if second
+                else ""
+            )
             lines.append(
                 f"CUT table ({'+'.join(tasks)}, ratio {ratio}): best mean accuracy {100 * mean_acc(best):.2f}% "
                 f"by {best['method']}{gap}"
@@ -110,7 +131,11 @@ def summarise(results: dict[str, Any]) -> list[str]:
     if scoring:
         lines.append(
             f"score_tasks vs plain loop: time ×{scoring['time_ratio']:.2f}"
-            + (f", peak memory ×{scoring['memory_ratio']:.2f}" if scoring.get("memory_ratio") else "")
+            + (
+                f", peak memory ×{scoring['memory_ratio']:.2f}"
+                if scoring.get("memory_ratio")
+                else ""
+            )
         )
     for extra in results["metrics"].get("summaries", []):
         lines.append(extra)
@@ -154,7 +179,11 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
             acc = [100 * sum(r["accuracy"].values()) / len(r["accuracy"]) for r in rows]
             left.scatter(macs, acc, label=method)
             right.scatter(macs, [r["latency_b64_ms"] for r in rows], label=method)
-        left.set(xlabel="MACs (M)", ylabel="mean accuracy of the selected tasks (%)", title="Accuracy vs MACs")
+        left.set(
+            xlabel="MACs (M)",
+            ylabel="mean accuracy of the selected tasks (%)",
+            title="Accuracy vs MACs",
+        )
         right.set(xlabel="MACs (M)", ylabel="latency at batch 64 (ms)", title="CPU latency vs MACs")
         left.legend(fontsize=7)
         fig.tight_layout()
@@ -184,7 +213,9 @@ def write_results(results: dict[str, Any], out: Path) -> None:
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def update_readme(results_path: str | os.PathLike[str], readme: str | os.PathLike[str] = "README.md") -> None:
+def update_readme(
+    results_path: str | os.PathLike[str], readme: str | os.PathLike[str] = "README.md"
+) -> None:
     """Replace the README's results section with the report of ``results_path`` (never typed by hand)."""
     results = json.loads(Path(results_path).read_text())
     text = Path(readme).read_text()
@@ -193,4 +224,6 @@ def update_readme(results_path: str | os.PathLike[str], readme: str | os.PathLik
     body = render_report(results).split("\n", 2)[2]  # drop the report's title line
     command = f"python -m benchmarks readme {os.fspath(results_path)}"
     section = f"{START}\n<!-- generated by `{command}`; do not edit by hand -->\n\n{body}\n{END}"
-    Path(readme).write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S))
+    Path(readme).write_text(
+        re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
+    )

@@ -28,7 +28,9 @@ class ScoringConfig:
     """Model, data and repeats for the overhead measurement."""
 
     model: str = "resnet18"
-    model_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 16, "blocks": [1, 1, 1, 1]})
+    model_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"width": 16, "blocks": [1, 1, 1, 1]}
+    )
     data: str = "multi_head"
     batches: int = 10
     batch_size: int = 64
@@ -46,12 +48,16 @@ def _plain_loop(model: nn.Module, data: list, losses: dict) -> None:
             torch.autograd.grad(loss, params, retain_graph=i < len(tasks) - 1, allow_unused=True)
 
 
-def run_scoring_speed(config: ScoringConfig, *, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+def run_scoring_speed(
+    config: ScoringConfig, *, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
     """Median time and peak memory of both, over ``repeats`` runs each, interleaved."""
     data = load_data(config.data, seed=seed)
     torch.manual_seed(seed)
     model = build_model(config.model, tasks=data.num_classes, **config.model_kwargs).eval()
-    data_batches = list(itertools.islice(batches(data.train, config.batch_size, seed=seed), config.batches))
+    data_batches = list(
+        itertools.islice(batches(data.train, config.batch_size, seed=seed), config.batches)
+    )
     losses = data.losses()
     runs: dict[str, list[tuple[float, float]]] = {"score_tasks": [], "plain_loop": []}
     for _ in range(config.repeats):
@@ -63,8 +69,13 @@ def run_scoring_speed(config: ScoringConfig, *, seed: int = 0, progress: bool = 
     for name, values in runs.items():
         seconds = sorted(v[1] for v in values)
         memory = sorted(v[0] for v in values)
-        summary[name] = {"seconds": seconds[len(seconds) // 2], "peak_mib": memory[len(memory) // 2]}
+        summary[name] = {
+            "seconds": seconds[len(seconds) // 2],
+            "peak_mib": memory[len(memory) // 2],
+        }
     summary["time_ratio"] = summary["score_tasks"]["seconds"] / summary["plain_loop"]["seconds"]
     plain_memory = summary["plain_loop"]["peak_mib"]
-    summary["memory_ratio"] = summary["score_tasks"]["peak_mib"] / plain_memory if plain_memory > 0 else None
+    summary["memory_ratio"] = (
+        summary["score_tasks"]["peak_mib"] / plain_memory if plain_memory > 0 else None
+    )
     return summary

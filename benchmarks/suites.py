@@ -24,7 +24,16 @@ class Suite:
 
 
 QUICK_CUT = CUTSuiteConfig(
-    methods=("cut", "disparse", "tp-magnitude", "tp-taylor", "nni-l1", "cut-weight", "disparse-weight", "magnitude-weight"),
+    methods=(
+        "cut",
+        "disparse",
+        "tp-magnitude",
+        "tp-taylor",
+        "nni-l1",
+        "cut-weight",
+        "disparse-weight",
+        "magnitude-weight",
+    ),
 )
 FULL_CUT = CUTSuiteConfig(
     subsets=(("digit", "parity"), ("parity", "ge5"), ("digit", "parity", "mod3")),
@@ -43,20 +52,26 @@ SUITES: dict[str, Suite] = {
         "CUT on MNIST-5k multi-head (digit+parity, 50 %, 8 methods), score_tasks overhead",
         {
             "cut": lambda seed, progress: run_cut_suite(QUICK_CUT, seed=seed, progress=progress),
-            "scoring": lambda seed, progress: run_scoring_speed(ScoringConfig(), seed=seed, progress=progress),
+            "scoring": lambda seed, progress: run_scoring_speed(
+                ScoringConfig(), seed=seed, progress=progress
+            ),
         },
     ),
     "full": Suite(
         "CUT: 3 task subsets x ratios 0.3/0.5/0.7/0.9 x 11 methods; score_tasks overhead",
         {
             "cut": lambda seed, progress: run_cut_suite(FULL_CUT, seed=seed, progress=progress),
-            "scoring": lambda seed, progress: run_scoring_speed(ScoringConfig(batches=30), seed=seed, progress=progress),
+            "scoring": lambda seed, progress: run_scoring_speed(
+                ScoringConfig(batches=30), seed=seed, progress=progress
+            ),
         },
     ),
 }
 
 
-def run_suite(name: str, *, seed: int = 0, progress: bool = True, parts: list[str] | None = None) -> dict[str, Any]:
+def run_suite(
+    name: str, *, seed: int = 0, progress: bool = True, parts: list[str] | None = None
+) -> dict[str, Any]:
     """Run suite ``name``; return ``{"run_info", "metrics", "meta_info"}``."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; choose from {sorted(SUITES)}")
@@ -64,7 +79,9 @@ def run_suite(name: str, *, seed: int = 0, progress: bool = True, parts: list[st
     chosen = list(suite.parts) if parts is None else parts
     unknown = [p for p in chosen if p not in suite.parts]
     if unknown:
-        raise ValueError(f"suite {name!r} has no part(s) {unknown}; its parts are {list(suite.parts)}")
+        raise ValueError(
+            f"suite {name!r} has no part(s) {unknown}; its parts are {list(suite.parts)}"
+        )
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     metrics: dict[str, Any] = {}

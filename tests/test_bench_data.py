@@ -12,22 +12,19 @@ import pytest
 import torch
 
 from benchmarks.data import (
-    CELEBA_GROUPS,
     IGNORE_INDEX,
     Split,
     batches,
     class_split_tasks,
-    load_celeba,
     load_data,
-    load_fashion_mnist,
     load_mnist1d,
     load_mnist5k,
     load_sklearn_digits,
     multi_head_digits,
-    read_idx,
     side_by_side_digits,
     stratified_split,
 )
+from benchmarks.formats import CELEBA_GROUPS, load_celeba, load_fashion_mnist, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,91 @@
+"""The benchmark machinery: a tiny CUT suite is deterministic by seed; results.json and
+report.md have the documented structure; the README section is regenerated, not typed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks.__main__ import main
+from benchmarks.cut_suite import CUTSuiteConfig, run_cut_suite
+from benchmarks.report import END, START, render_report, update_readme, write_results
+
+TIMING = {"method_seconds", "latency_b1_ms", "latency_b64_ms"}
+
+TINY = CUTSuiteConfig(
+    model="lenet5",
+    model_kwargs={},
+    data_kwargs={"tasks": ["digit", "parity", "ge5"]},
+    subsets=(("digit", "parity"),),
+    ratios=(0.5,),
+    methods=("cut", "tp-magnitude", "cut-weight"),
+    pretrain_epochs=1,
+    score_batches=2,
+    batch_size=128,
+    finetune_steps=3,
+    latency_repeats=2,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cache = tmp_path_factory.mktemp("cache")
+    try:
+        runs = [run_cut_suite(TINY, seed=3, progress=False, cache_dir=cache) for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    return runs
+
+
+def _without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def test_same_seed_same_results(tiny_results):
+    first, second = tiny_results
+    assert _without_timing(first["rows"]) == _without_timing(second["rows"])
+    assert first["pretrained_accuracy"] == second["pretrained_accuracy"]
+    methods = [r["method"] for r in first["rows"]]
+    assert methods == ["dense", "cut", "tp-magnitude", "cut-weight"]
+    dense, cut = first["rows"][0], first["rows"][1]
+    assert cut["macs"] < dense["macs"] and cut["params"] < dense["params"]
+
+
+def test_results_and_report_structure(tiny_results, tmp_path):
+    results = {
+        "run_info": {"suite": "tiny", "seed": 3, "git_sha": "x", "seconds": 1.0, "parts": ["cut"]},
+        "metrics": {"cut": tiny_results[0]},
+        "meta_info": {"cpu_count": 2, "torch": torch.__version__},
+    }
+    write_results(results, tmp_path)
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert set(stored) == {"run_info", "metrics", "meta_info"}
+    report = (tmp_path / "report.md").read_text()
+    for method in ("dense", "cut", "tp-magnitude", "cut-weight"):
+        assert f"| {method} |" in report
+    assert "## Summary" in report and "best mean accuracy" in report
+    assert (tmp_path / "cut_accuracy_latency_vs_macs.png").stat().st_size > 1000
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold\n{END}\nafter\n")
+    update_readme(tmp_path / "results.json", readme)
+    text = readme.read_text()
+    assert "old" not in text and "| cut |" in text and text.endswith("after\n")
+    assert render_report(stored).count("####") == 1
+
+
+def test_cli_list_and_bad_suite(capsys):
+    assert main(["list"]) == 0
+    assert "quick" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--suite", "nope"])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown"):
+        CUTSuiteConfig(methods=("cut", "magic"))
+    with pytest.raises(ValueError, match="ratios"):
+        CUTSuiteConfig(ratios=(1.5,))
