@@ -10,8 +10,8 @@ latency (batch 1 and 64) and the method's own run time.
 from __future__ import annotations
 
 import copy
-import os
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any

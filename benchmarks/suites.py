@@ -10,7 +10,13 @@ from typing import Any
 
 from benchmarks.cut_suite import CUTSuiteConfig, run_cut_suite
 from benchmarks.measure import environment, git_sha
-from benchmarks.scoring_speed import ScoringConfig, run_scoring_speed
+from benchmarks.report import register_section
+from benchmarks.scoring_speed import (
+    ScoringConfig,
+    render_memory,
+    run_scoring_memory,
+    run_scoring_speed,
+)
 
 __all__ = ["SUITES", "Suite", "run_suite"]
 
@@ -64,9 +70,17 @@ SUITES: dict[str, Suite] = {
             "scoring": lambda seed, progress: run_scoring_speed(
                 ScoringConfig(batches=30), seed=seed, progress=progress
             ),
+            "scoring_memory": lambda seed, progress: run_scoring_memory(seed=seed),
         },
     ),
 }
+
+
+register_section(
+    "scoring_memory",
+    "Peak memory of `score_tasks`: grows with the model, not the data",
+    render_memory,
+)
 
 
 def run_suite(
