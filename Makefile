@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-EXTRAS_test := test,bench,dev,nni
-EXTRAS_demo := bench
+EXTRAS_test := test,bench,dev,nni,edge
+EXTRAS_demo := bench,nni,edge
 SUITE ?= quick
 
 .PHONY: test demo bench lint clean

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from benchmarks.cut_suite import CUTSuiteConfig, run_cut_suite
+from benchmarks.edge_latency import EdgeConfig, render_edge, run_edge_latency
 from benchmarks.measure import environment, git_sha
 from benchmarks.report import register_section
 from benchmarks.scoring_speed import (
@@ -53,29 +54,42 @@ FULL_CUT = CUTSuiteConfig(
     finetune_steps=300,
 )  # fmt: skip
 
+QUICK_EDGE = EdgeConfig(
+    models={"resnet18": {"width": 16, "blocks": [1, 1, 1, 1]}}, repeats=10, rounds=2
+)
+
 SUITES: dict[str, Suite] = {
     "quick": Suite(
-        "CUT on MNIST-5k multi-head (digit+parity, 50 %, 8 methods), score_tasks overhead",
+        "CUT on MNIST-5k multi-head (digit+parity, 50 %, 8 methods), score_tasks overhead, edge latency",
         {
             "cut": lambda seed, progress: run_cut_suite(QUICK_CUT, seed=seed, progress=progress),
             "scoring": lambda seed, progress: run_scoring_speed(
                 ScoringConfig(), seed=seed, progress=progress
             ),
+            "edge": lambda seed, progress: run_edge_latency(
+                QUICK_EDGE, seed=seed, progress=progress
+            ),
         },
     ),
     "full": Suite(
-        "CUT: 3 task subsets x ratios 0.3/0.5/0.7/0.9 x 11 methods; score_tasks overhead",
+        "CUT: 3 task subsets x ratios 0.3/0.5/0.7/0.9 x 11 methods; score_tasks time and memory; edge latency",
         {
             "cut": lambda seed, progress: run_cut_suite(FULL_CUT, seed=seed, progress=progress),
             "scoring": lambda seed, progress: run_scoring_speed(
                 ScoringConfig(batches=30), seed=seed, progress=progress
             ),
             "scoring_memory": lambda seed, progress: run_scoring_memory(seed=seed),
+            "edge": lambda seed, progress: run_edge_latency(
+                EdgeConfig(), seed=seed, progress=progress
+            ),
         },
     ),
 }
 
 
+register_section(
+    "edge", "Edge: dense vs compact in PyTorch and onnxruntime (one CPU thread)", render_edge
+)
 register_section(
     "scoring_memory",
     "Peak memory of `score_tasks`: grows with the model, not the data",

@@ -10,6 +10,7 @@ This package imports neither Torch-Pruning nor NNI.
 
 from cut_plugin.batching import as_task_outputs, run_model
 from cut_plugin.decomposition import select_tasks, task_parameters
+from cut_plugin.export import EXPORTERS, check_onnx, export_onnx, export_torchscript
 from cut_plugin.finetuning import finetune
 from cut_plugin.fusion import RULES, fuse, normalise, rank_channels
 from cut_plugin.masks import PRUNABLE_TYPES, apply_masks, cut_masks, mask_sparsity, prunable_weights
@@ -17,11 +18,15 @@ from cut_plugin.scoring import CRITERIA, score_tasks
 
 __all__ = [
     "CRITERIA",
+    "EXPORTERS",
     "PRUNABLE_TYPES",
     "RULES",
     "apply_masks",
     "as_task_outputs",
+    "check_onnx",
     "cut_masks",
+    "export_onnx",
+    "export_torchscript",
     "finetune",
     "fuse",
     "mask_sparsity",
