@@ -53,8 +53,8 @@ class CUTSuiteConfig:
     pretrain_epochs: int = 6
     score_batches: int = 20
     batch_size: int = 64
-    finetune_steps: int = 100
-    finetune_lr: float = 1e-3
+    finetune_steps: int = 200
+    finetune_lr: float = 3e-4
     latency_repeats: int = 15
 
     def __post_init__(self) -> None:

@@ -97,9 +97,20 @@ SECTIONS: dict[str, tuple[str, Callable[[Any], str]]] = {
 """metrics key → (title, renderer). Other suites add theirs with :func:`register_section`."""
 
 
-def register_section(key: str, title: str, render: Callable[[Any], str]) -> None:
-    """Add a renderer for ``metrics[key]``."""
+SUMMARIES: dict[str, Callable[[Any], list[str]]] = {}
+"""metrics key → ``(metrics[key]) -> summary lines`` (best method of each table and by how much)."""
+
+
+def register_section(
+    key: str,
+    title: str,
+    render: Callable[[Any], str],
+    summary: Callable[[Any], list[str]] | None = None,
+) -> None:
+    """Add a renderer (and optionally summary lines) for ``metrics[key]``."""
     SECTIONS[key] = (title, render)
+    if summary is not None:
+        SUMMARIES[key] = summary
 
 
 def summarise(results: dict[str, Any]) -> list[str]:
@@ -137,8 +148,9 @@ def summarise(results: dict[str, Any]) -> list[str]:
                 else ""
             )
         )
-    for extra in results["metrics"].get("summaries", []):
-        lines.append(extra)
+    for key, summary in SUMMARIES.items():
+        if key in results["metrics"]:
+            lines.extend(summary(results["metrics"][key]))
     return lines
 
 

@@ -11,13 +11,16 @@ from typing import Any
 from benchmarks.cut_suite import CUTSuiteConfig, run_cut_suite
 from benchmarks.edge_latency import EdgeConfig, render_edge, run_edge_latency
 from benchmarks.measure import environment, git_sha
-from benchmarks.report import register_section
+from benchmarks.pam_render import pam_summaries, plot_pam, render_pam
+from benchmarks.pam_suite import FULL_PAM, QUICK_PAM, run_pam_suite
+from benchmarks.report import PLOTS, register_section
 from benchmarks.scoring_speed import (
     ScoringConfig,
     render_memory,
     run_scoring_memory,
     run_scoring_speed,
 )
+from benchmarks.speedup import render_speedup, run_speedup, speedup_summaries
 
 __all__ = ["SUITES", "Suite", "run_suite"]
 
@@ -60,24 +63,28 @@ QUICK_EDGE = EdgeConfig(
 
 SUITES: dict[str, Suite] = {
     "quick": Suite(
-        "CUT on MNIST-5k multi-head (digit+parity, 50 %, 8 methods), score_tasks overhead, edge latency",
+        "CUT on MNIST-5k multi-head (digit+parity, 50 %, 8 methods); score_tasks overhead; PAM vs MTZ vs no merging (2 tasks); edge latency",
         {
             "cut": lambda seed, progress: run_cut_suite(QUICK_CUT, seed=seed, progress=progress),
             "scoring": lambda seed, progress: run_scoring_speed(
                 ScoringConfig(), seed=seed, progress=progress
             ),
+            "speedup": lambda seed, progress: run_speedup(seed=seed),
+            "pam": lambda seed, progress: run_pam_suite(QUICK_PAM, seed=seed, progress=progress),
             "edge": lambda seed, progress: run_edge_latency(
                 QUICK_EDGE, seed=seed, progress=progress
             ),
         },
     ),
     "full": Suite(
-        "CUT: 3 task subsets x ratios 0.3/0.5/0.7/0.9 x 11 methods; score_tasks time and memory; edge latency",
+        "CUT: 3 task subsets x ratios 0.3/0.5/0.7/0.9 x 11 methods; score_tasks time and memory; PAM 2 and 5 tasks x 2 pruners x paper/subsets grouping; edge latency",
         {
             "cut": lambda seed, progress: run_cut_suite(FULL_CUT, seed=seed, progress=progress),
             "scoring": lambda seed, progress: run_scoring_speed(
                 ScoringConfig(batches=30), seed=seed, progress=progress
             ),
+            "speedup": lambda seed, progress: run_speedup(widths=(16, 32, 64, 128), seed=seed),
+            "pam": lambda seed, progress: run_pam_suite(FULL_PAM, seed=seed, progress=progress),
             "scoring_memory": lambda seed, progress: run_scoring_memory(seed=seed),
             "edge": lambda seed, progress: run_edge_latency(
                 EdgeConfig(), seed=seed, progress=progress
@@ -87,6 +94,16 @@ SUITES: dict[str, Suite] = {
 }
 
 
+register_section(
+    "pam",
+    "PAM: merge single-task networks, then prune (every task combination)",
+    render_pam,
+    pam_summaries,
+)
+PLOTS.append(plot_pam)
+register_section(
+    "speedup", "Latency speed-up against MAC reduction, by width", render_speedup, speedup_summaries
+)
 register_section(
     "edge", "Edge: dense vs compact in PyTorch and onnxruntime (one CPU thread)", render_edge
 )

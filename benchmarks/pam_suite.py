@@ -1,0 +1,465 @@
+"""The PAM table: N single-task LeNet-5s merged (or not), pruned until accuracy would drop.
+
+Protocol (PAM, He et al. 2021, on MNIST-5k): tasks are disjoint digit groups
+(``class_split``: 0–4 / 5–9, the paper's Fashion-MNIST protocol;
+``class_split5``: five pairs), one LeNet-5 per task (cached). Per pruner
+(Torch-Pruning's Taylor or magnitude importance), the columns are
+``no-merge`` (each network pruned alone; a combination costs the sum of its
+networks), ``mtz`` (``MTZMerger``, then pruned) and ``pam-<grouping>``
+(``PAMMerger``, then pruned). Each gets the same joint retraining
+(``retrain_steps``), then the same loop: prune ``step_ratio`` of the remaining
+channels of every prunable layer (``prune_merged``, local ranking), fine-tune
+``finetune_steps`` (``pam_plugin.retrain``, summed task losses); the kept
+model is the last one whose validation accuracy is, for **every** task, at
+most ``accuracy_tolerance`` points below its single-task network's; pruning
+stops after ``patience`` such misses in a row (1: at the first) or once a step
+removes less than ``min_step_reduction`` of the MACs (Torch-Pruning keeps one
+channel per layer of every group). Rows: every task combination
+(``combination_costs``), test accuracy of its tasks, MACs.
+
+Implementation notes (choices the paper leaves open):
+- The constraint is per task, on a validation split carved from the training
+  images (never seen by the single-task networks); the table shows test
+  accuracy. ``patience=3``: one validation image is 0.25 point (2 tasks) or
+  0.6 point (5 tasks) here, so a single miss is often noise.
+- A single network is wrapped as a one-task ``MergedNetwork`` (exact), so
+  no-merge runs the same pruner, importance and fine-tuning code. Budgets are
+  the same steps and batch size per network (a merged network's batch holds
+  every task's images, a single network's only its own).
+- Merging knobs are relaxed until the retrained, unpruned network meets the
+  constraint: PAM's α (the paper's 0.2 / 0.15) times each of ``alpha_scales``,
+  MTZ's share each of ``mtz_shares``. A PAM merge leaving a task no neuron
+  (with the paper's wiring, a layer without shared neurons cuts the shared
+  path) counts as a miss. If none qualifies, the last one built is reported
+  unpruned (marked in the table).
+- PAM's labels: an image of another task keeps the target -100, one more
+  label value ("none of mine") for the MI.
+- ``pruned_groups="all"`` also prunes exclusive groups (no-merge prunes every
+  layer); the paper's LeNet code prunes only the shared group (``"shared"``).
+- Two tasks: ``subsets`` grouping equals ``paper`` (subsets {A}, {B}, {A, B}).
+- ``threads`` torch threads (1: LeNet-sized ops gain nothing from more and
+  slow down badly on a shared machine); the setting is restored after.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from adapters.merged_pruning import PRUNED_GROUPS, prune_merged
+from benchmarks.data import IGNORE_INDEX, Split, TaskData, batches, load_data
+from benchmarks.training import evaluate, pretrained
+from pam_plugin import (
+    Cost,
+    MergedNetwork,
+    MTZMerger,
+    PAMMerger,
+    build_merged,
+    combination_costs,
+    network_cost,
+    retrain,
+)
+from pam_plugin.validation import check_choice, check_int, check_number
+
+__all__ = [
+    "FULL_PAM",
+    "PAM_PRUNERS",
+    "PAM_SPLITS",
+    "QUICK_PAM",
+    "PAMSuiteConfig",
+    "run_pam_suite",
+]
+
+PAM_SPLITS: tuple[str, ...] = ("class_split", "class_split5")
+PAM_PRUNERS: tuple[str, ...] = ("taylor", "magnitude")
+PAM_GROUPINGS: tuple[str, ...] = ("paper", "subsets")
+
+
+def _check_tuple(name: str, values: Any, check: Callable[[str, Any], object]) -> None:
+    if not isinstance(values, tuple) or not values:
+        raise TypeError(f"{name} must be a non-empty tuple, got {values!r}")
+    for value in values:
+        check(f"{name} entry", value)
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must not repeat a value, got {values!r}")
+
+
+@dataclass(frozen=True)
+class PAMSuiteConfig:
+    """One PAM table per split × pruner: merging knobs, pruning and fine-tuning budgets.
+
+    ``accuracy_tolerance`` is in points, per task; ``step_ratio`` the fraction
+    of the remaining channels removed per pruning step; ``finetune_steps`` the
+    joint retraining steps after each; ``retrain_steps`` those after merging.
+    """
+
+    splits: tuple[str, ...] = ("class_split",)
+    pruners: tuple[str, ...] = ("taylor",)
+    groupings: tuple[str, ...] = ("paper",)
+    alpha_conv: float = 0.2
+    alpha_fc: float = 0.15
+    alpha_scales: tuple[float, ...] = (1.0, 0.5, 0.25)
+    mtz_shares: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
+    pruned_groups: str = "all"
+    pretrain_epochs: int = 20
+    validation_fraction: float = 0.2
+    merge_samples: int = 128
+    retrain_steps: int = 500
+    step_ratio: float = 0.1
+    finetune_steps: int = 150
+    max_pruning_steps: int = 25
+    patience: int = 3
+    min_step_reduction: float = 0.01
+    accuracy_tolerance: float = 1.0
+    importance_batches: int = 4
+    batch_size: int = 64
+    eval_batch_size: int = 500
+    lr: float = 1e-3
+    threads: int | None = 1
+    cache_dir: str = ".cache/cut-pam"
+
+    def __post_init__(self) -> None:
+        options = {"splits": PAM_SPLITS, "pruners": PAM_PRUNERS, "groupings": PAM_GROUPINGS}
+        for name, choices in options.items():
+            _check_tuple(name, getattr(self, name), partial(check_choice, choices=choices))
+        fraction = partial(check_number, low=0.0, high=1.0, low_open=True)
+        _check_tuple("alpha_scales", self.alpha_scales, fraction)
+        _check_tuple("mtz_shares", self.mtz_shares, fraction)
+        for name in ("alpha_conv", "alpha_fc", "lr"):
+            check_number(name, getattr(self, name), low=0.0, low_open=True)
+        check_choice("pruned_groups", self.pruned_groups, PRUNED_GROUPS)
+        fraction("validation_fraction", self.validation_fraction, high=0.5)
+        fraction("step_ratio", self.step_ratio, high=0.9)
+        check_number("min_step_reduction", self.min_step_reduction, low=0.0, high=0.5)
+        check_number("accuracy_tolerance", self.accuracy_tolerance, low=0.0, high=100.0)
+        check_int("merge_samples", self.merge_samples, low=2)
+        for name in ("pretrain_epochs", "importance_batches", "batch_size", "eval_batch_size"):
+            check_int(name, getattr(self, name))
+        check_int("patience", self.patience)
+        for name in ("retrain_steps", "finetune_steps", "max_pruning_steps"):
+            check_int(name, getattr(self, name), low=0)
+        if self.threads is not None:
+            check_int("threads", self.threads)
+        if not isinstance(self.cache_dir, str) or not self.cache_dir:
+            raise TypeError(f"cache_dir must be a non-empty path string, got {self.cache_dir!r}")
+
+    def methods(self) -> list[str]:
+        """The table's columns for this config."""
+        return ["no-merge", "mtz", *(f"pam-{g}" for g in self.groupings)]
+
+
+QUICK_PAM = PAMSuiteConfig()
+"""2 tasks (0–4 / 5–9), Taylor, paper grouping (the same as subsets for 2 tasks)."""
+FULL_PAM = PAMSuiteConfig(
+    splits=PAM_SPLITS, pruners=PAM_PRUNERS, groupings=PAM_GROUPINGS, max_pruning_steps=40
+)
+"""2 and 5 tasks, Taylor and magnitude, paper and subsets groupings."""
+
+
+def _task_loss(output: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy over the images of the task (0 when the batch holds none)."""
+    if bool((target == IGNORE_INDEX).all()):
+        return output.sum() * 0.0
+    return F.cross_entropy(output, target, ignore_index=IGNORE_INDEX)
+
+
+def _importance(pruner: str) -> tp.importance.Importance:
+    if pruner == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    return tp.importance.GroupMagnitudeImportance()
+
+
+def _own(split: Split, task: str) -> Split:
+    """The rows of ``split`` that belong to ``task``, with only its target."""
+    return split.select(torch.nonzero(split.targets[task] != IGNORE_INDEX).flatten(), [task])
+
+
+@dataclass(frozen=True, eq=False)
+class _Context:
+    """One split: training images (minus validation), validation, merge batch, references."""
+
+    key: str
+    data: TaskData
+    validation: Split
+    merge_inputs: Tensor
+    merge_labels: dict[str, Tensor]
+    networks: dict[str, nn.Module]
+    reference: dict[str, float]
+    config: PAMSuiteConfig
+    seed: int
+
+    def train_split(self, tasks: tuple[str, ...]) -> Split:
+        """All training images for a merged network, the task's own for a single network."""
+        return self.data.for_task(tasks[0]).train if len(tasks) == 1 else self.data.train
+
+    def stream(self, tasks: tuple[str, ...], seed: int) -> Iterator[tuple[Tensor, dict]]:
+        """Endless shuffled training batches (each pass reshuffled from ``seed``)."""
+        split = self.train_split(tasks)
+        for epoch in itertools.count():
+            yield from batches(split, self.config.batch_size, seed=seed * 7919 + epoch)
+
+    def accuracy(self, model: nn.Module, split: Split) -> dict[str, float]:
+        """``{task: accuracy}`` of ``model`` on ``split``."""
+        return evaluate(model, split, batch_size=self.config.eval_batch_size)
+
+    def meets(self, accuracy: Mapping[str, float]) -> bool:
+        """Every task within the tolerance of its single-task network."""
+        tolerance = self.config.accuracy_tolerance / 100.0
+        return all(a >= self.reference[t] - tolerance - 1e-9 for t, a in accuracy.items())
+
+    def retrain(self, model: MergedNetwork, steps: int, seed: int) -> MergedNetwork:
+        """``model`` after ``steps`` of joint retraining, in place (no-op for 0 steps)."""
+        if steps:
+            losses = dict.fromkeys(model.tasks, _task_loss)
+            stream = self.stream(model.tasks, seed)
+            retrain(model, stream, losses, max_steps=steps, lr=self.config.lr, inplace=True,
+                    progress=False)  # fmt: skip
+        return model
+
+
+def _prepare(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> _Context:
+    """Load ``key``, hold out validation images, train (or load) the single-task networks."""
+    full = load_data(key, seed=seed)
+    order = torch.randperm(len(full.train), generator=torch.Generator().manual_seed(seed + 1))
+    held = round(config.validation_fraction * len(order))
+    validation, train = full.train.select(order[:held]), full.train.select(order[held:])
+    data_config = {**full.config, "validation_fraction": config.validation_fraction}
+    data = TaskData(full.name, train, full.test, full.num_classes, full.task_types, data_config)
+    networks = {
+        t: pretrained(
+            "lenet5", data, seed=seed, task=t, epochs=config.pretrain_epochs,
+            batch_size=config.batch_size, cache_dir=config.cache_dir, progress=progress,
+        )
+        for t in data.task_names
+    }  # fmt: skip
+    reference = {t: evaluate(n, _own(validation, t), batch_size=config.eval_batch_size)[t]
+                 for t, n in networks.items()}  # fmt: skip
+    merge = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 2))
+    merge = merge[: config.merge_samples]
+    labels = {t: train.targets[t][merge] for t in data.task_names}
+    return _Context(
+        key, data, validation, train.inputs[merge], labels, networks, reference, config, seed
+    )
+
+
+Attempt = tuple[dict[str, Any], Callable[[], MergedNetwork]]
+
+
+def _relaxed(ctx: _Context, attempts: list[Attempt]) -> tuple[MergedNetwork | None, dict]:
+    """Build and retrain each setting in turn until one meets the tolerance unpruned.
+
+    Returns the network (the last one built when none qualifies, ``None`` when
+    none could be built) and ``{"setting", "tried"}``.
+    """
+    chosen: tuple[MergedNetwork, dict[str, Any]] | None = None
+    tried: list[dict[str, Any]] = []
+    for setting, build in attempts:
+        try:
+            merged = build()
+        except ValueError as error:  # PAM: a task kept no neuron
+            tried.append({**setting, "error": str(error)})
+            continue
+        ctx.retrain(merged, ctx.config.retrain_steps, seed=ctx.seed * 31 + 1)
+        accuracy = ctx.accuracy(merged, ctx.validation)
+        tried.append({**setting, "validation_accuracy": accuracy, "meets": ctx.meets(accuracy)})
+        chosen = (merged, setting)
+        if ctx.meets(accuracy):
+            break
+    if chosen is None:
+        return None, {"setting": None, "tried": tried}
+    return chosen[0], {"setting": chosen[1], "tried": tried}
+
+
+def _candidates(ctx: _Context) -> tuple[dict[str, dict[str, MergedNetwork]], dict[str, dict]]:
+    """``{method: {network: retrained network}}`` before pruning, and how each merge was chosen."""
+    config, example, networks = ctx.config, ctx.merge_inputs, ctx.networks
+    built: dict[str, dict[str, MergedNetwork]] = {
+        "no-merge": {
+            t: ctx.retrain(build_merged({t: n}, example), config.retrain_steps, ctx.seed * 31 + 1)
+            for t, n in networks.items()
+        }
+    }
+    plans: dict[str, list[Attempt]] = {
+        "mtz": [
+            ({"share": s}, partial(MTZMerger(share=s).merge, networks, example))
+            for s in config.mtz_shares
+        ]
+    }
+    for grouping in config.groupings:
+        plans[f"pam-{grouping}"] = []
+        for scale in config.alpha_scales:
+            alphas = {"alpha_conv": config.alpha_conv * scale, "alpha_fc": config.alpha_fc * scale}
+            merger = PAMMerger(**alphas, grouping=grouping)  # type: ignore[arg-type]
+            merge = partial(merger.merge, networks, example, ctx.merge_labels)
+            plans[f"pam-{grouping}"].append((alphas, merge))
+    merges: dict[str, dict] = {}
+    for method, attempts in plans.items():
+        merged, merges[method] = _relaxed(ctx, attempts)
+        if merged is not None:
+            built[method] = {"merged": merged}
+    return built, merges
+
+
+def _prune_until(
+    ctx: _Context, model: MergedNetwork, pruner: str
+) -> tuple[MergedNetwork, dict[str, Any]]:
+    """Prune step by step while every task stays within tolerance; the last model that did."""
+    config, tasks = ctx.config, model.tasks
+    example = ctx.merge_inputs[:2]
+    gradients: dict[str, Any] = {}
+    if pruner == "taylor":
+        grad_batches = batches(ctx.train_split(tasks), config.batch_size, seed=ctx.seed + 3)
+        gradients = {
+            "data": list(itertools.islice(grad_batches, config.importance_batches)),
+            "losses": dict.fromkeys(tasks, _task_loss),
+        }
+    accuracy = ctx.accuracy(model, ctx.validation)
+    macs = network_cost(model, example[:1]).macs
+    history = [{"step": 0, "macs": macs, "validation_accuracy": accuracy}]
+    kept, kept_accuracy, steps, current, last_macs = model, accuracy, 0, model, macs
+    misses = 0 if ctx.meets(accuracy) else config.patience
+    while misses < config.patience and len(history) <= config.max_pruning_steps:
+        step = len(history)
+        candidate = prune_merged(
+            current, example, importance=_importance(pruner), pruning_ratio=config.step_ratio,
+            groups=config.pruned_groups, **gradients,  # type: ignore[arg-type]
+        )  # fmt: skip
+        candidate_macs = network_cost(candidate, example[:1]).macs
+        if candidate_macs > (1.0 - config.min_step_reduction) * last_macs:  # layers near 1 channel
+            break
+        last_macs = candidate_macs
+        ctx.retrain(candidate, config.finetune_steps, seed=ctx.seed * 131 + step)
+        accuracy = ctx.accuracy(candidate, ctx.validation)
+        history.append({"step": step, "macs": candidate_macs, "validation_accuracy": accuracy})
+        current, misses = candidate, misses + 1
+        if ctx.meets(accuracy):
+            kept, kept_accuracy, steps, macs, misses = candidate, accuracy, step, candidate_macs, 0
+    return kept, {
+        "steps": steps,
+        "meets_tolerance": ctx.meets(kept_accuracy),
+        "validation_accuracy": kept_accuracy,
+        "test_accuracy": ctx.accuracy(kept, ctx.data.test),
+        "macs": macs,
+        "group_sizes": kept.group_sizes(),
+        "history": history,
+    }
+
+
+def _costs(models: Mapping[str, MergedNetwork], example: Tensor) -> dict[frozenset[str], Cost]:
+    """Every combination's cost: of the merged network, or summed over independent networks."""
+    if list(models) == ["merged"]:
+        return combination_costs(models["merged"], example)
+    return combination_costs(dict(models), example)
+
+
+def _summary(
+    rows: list[dict[str, Any]], runs: list[dict[str, Any]], unpruned: Mapping[str, int],
+    methods: list[str], tasks: tuple[str, ...],
+) -> dict[str, Any]:  # fmt: skip
+    """Total MACs over all combinations per method, and the ratios the paper reports."""
+    total = {m: sum(r["macs"] for r in rows if r["method"] == m) for m in methods}
+    ratios: dict[str, float] = {}
+    for pam in (m for m in methods if m.startswith("pam-")):
+        for other in ("no-merge", "mtz"):
+            if other in total:
+                ratios[f"{other}/{pam}"] = total[other] / total[pam]
+    if "pam-paper" in total and "pam-subsets" in total:
+        ratios["pam-subsets/pam-paper"] = total["pam-subsets"] / total["pam-paper"]
+    return {
+        "tasks": list(tasks),
+        "total_macs": total,
+        "unpruned_total_macs": {m: unpruned[m] for m in methods},
+        "ratios": ratios,
+        "meets_tolerance": {m: all(r["meets_tolerance"] for r in runs if r["method"] == m)
+                            for m in methods},
+        "mean_test_accuracy": {
+            m: sum(a for r in runs if r["method"] == m for a in r["test_accuracy"].values())
+            / len(tasks)
+            for m in methods
+        },
+    }  # fmt: skip
+
+
+def _run_split(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> dict[str, Any]:
+    """Everything of one split: references, merges, runs, rows and summaries per pruner."""
+    ctx = _prepare(key, config, seed, progress)
+    tasks = ctx.data.task_names
+    single = {
+        "validation": ctx.reference,
+        "test": {t: ctx.accuracy(n, _own(ctx.data.test, t))[t] for t, n in ctx.networks.items()},
+    }
+    candidates, merges = _candidates(ctx)
+    methods = [m for m in config.methods() if m in candidates]
+    example = ctx.merge_inputs[:1]
+    unpruned = {m: sum(c.macs for c in _costs(candidates[m], example).values()) for m in methods}
+    jobs = [(p, m, n) for p in config.pruners for m in methods for n in candidates[m]]
+    pruned: dict[tuple[str, str], dict[str, MergedNetwork]] = {}
+    runs: list[dict[str, Any]] = []
+    for pruner, method, name in tqdm(jobs, desc=f"PAM {key}", disable=not progress):
+        torch.manual_seed(seed)
+        model, record = _prune_until(ctx, candidates[method][name], pruner)
+        pruned.setdefault((pruner, method), {})[name] = model
+        unpruned_macs = network_cost(candidates[method][name], example).macs
+        runs.append({"split": key, "pruner": pruner, "method": method, "network": name,
+                     "unpruned_macs": unpruned_macs, **record})  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
+    for pruner in config.pruners:
+        table: list[dict[str, Any]] = []
+        for method in methods:
+            accuracy = {t: a for r in runs if (r["pruner"], r["method"]) == (pruner, method)
+                        for t, a in r["test_accuracy"].items()}  # fmt: skip
+            for combination, cost in _costs(pruned[(pruner, method)], example).items():
+                chosen = [t for t in tasks if t in combination]
+                table.append({
+                    "split": key, "pruner": pruner, "method": method,
+                    "grouping": method[4:] if method.startswith("pam-") else None,
+                    "tasks": chosen, "accuracy": {t: accuracy[t] for t in chosen},
+                    "macs": cost.macs, "params": cost.params,
+                })  # fmt: skip
+        rows += table
+        mine = [r for r in runs if r["pruner"] == pruner]
+        entry = _summary(table, mine, unpruned, methods, tasks)
+        summary.append({"split": key, "pruner": pruner, **entry})
+    return {"single": single, "merges": merges, "runs": runs, "rows": rows, "summary": summary}
+
+
+def run_pam_suite(
+    config: PAMSuiteConfig, *, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
+    """Run every split × pruner × method; a JSON-serialisable dict of measured results.
+
+    Keys: ``config``; ``single_task_accuracy`` ``{split: {"validation"|"test":
+    {task: accuracy}}}``; ``merges`` ``{split: {method: {"setting", "tried"}}}``
+    (the merging knob chosen); ``rows``, one per split × pruner × method × task
+    combination (``tasks``, test ``accuracy`` per task, ``macs``, ``params`` per
+    sample); ``runs``, one per pruned network (steps kept, accuracies, group
+    sizes, per-step history); ``summary``, one per split × pruner (total MACs
+    over all combinations, before and after pruning, and their ratios).
+    """
+    if not isinstance(config, PAMSuiteConfig):
+        raise TypeError(f"config must be a PAMSuiteConfig, got {type(config).__name__}")
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        parts = {key: _run_split(key, config, seed, progress) for key in config.splits}
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "config": asdict(config),
+        "single_task_accuracy": {k: p["single"] for k, p in parts.items()},
+        "merges": {k: p["merges"] for k, p in parts.items()},
+        "rows": [r for p in parts.values() for r in p["rows"]],
+        "runs": [r for p in parts.values() for r in p["runs"]],
+        "summary": [s for p in parts.values() for s in p["summary"]],
+    }

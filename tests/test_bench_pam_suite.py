@@ -1,0 +1,182 @@
+"""The PAM benchmark suite on tiny budgets: deterministic, complete, rendered, validated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.pam_render import pam_summaries, plot_pam, render_pam
+from benchmarks.pam_suite import PAMSuiteConfig, run_pam_suite
+
+TASKS = ["classes_01234", "classes_56789"]
+COMBINATIONS = [[TASKS[0]], [TASKS[1]], TASKS]
+METHODS = ["no-merge", "mtz", "pam-paper", "pam-subsets"]
+TINY: dict[str, Any] = {
+    "pruners": ("taylor", "magnitude"),
+    "groupings": ("paper", "subsets"),
+    # α = 10 nats: every neuron is irrelevant and the merge fails; the relaxed α is 0.02
+    "alpha_conv": 10.0,
+    "alpha_fc": 10.0,
+    "alpha_scales": (1.0, 0.002),
+    "mtz_shares": (1.0,),
+    "pretrain_epochs": 1,
+    "merge_samples": 32,
+    "retrain_steps": 2,
+    "finetune_steps": 2,
+    "max_pruning_steps": 2,
+    "importance_batches": 1,
+    "accuracy_tolerance": 100.0,
+}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    """The tiny suite twice with seed 0: the first trains the networks, the second loads them."""
+    config = PAMSuiteConfig(**TINY, cache_dir=str(tmp_path_factory.mktemp("cache")))
+    return run_pam_suite(config, progress=False), run_pam_suite(config, progress=False)
+
+
+def test_same_seed_gives_identical_json(two_runs: tuple[dict, dict]) -> None:
+    first, second = two_runs
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+
+
+def test_rows_cover_every_method_pruner_and_combination(two_runs: tuple[dict, dict]) -> None:
+    rows = two_runs[0]["rows"]
+    for pruner in TINY["pruners"]:
+        for method in METHODS:
+            mine = [r for r in rows if (r["pruner"], r["method"]) == (pruner, method)]
+            assert [r["tasks"] for r in mine] == COMBINATIONS
+            assert all(set(r["accuracy"]) == set(r["tasks"]) for r in mine)
+            macs = [r["macs"] for r in mine]
+            if method == "no-merge":  # independent networks: costs add up
+                assert macs[2] == macs[0] + macs[1]
+            else:  # merged: a task alone switches the other's exclusive groups off
+                assert max(macs[:2]) <= macs[2] < macs[0] + macs[1]
+
+
+def test_pruning_changed_every_network(two_runs: tuple[dict, dict]) -> None:
+    runs = two_runs[0]["runs"]
+    assert len(runs) == 2 * (2 + 3)  # pruners × (two single networks + three merged)
+    for run in runs:
+        assert run["steps"] == 2 and run["meets_tolerance"]
+        assert run["macs"] < run["unpruned_macs"]
+        assert [h["macs"] for h in run["history"]] == sorted(
+            (h["macs"] for h in run["history"]), reverse=True
+        )
+
+
+def test_failed_merge_is_relaxed_and_reported(two_runs: tuple[dict, dict]) -> None:
+    merges = two_runs[0]["merges"]["class_split"]
+    for method in ("pam-paper", "pam-subsets"):
+        failed, chosen = merges[method]["tried"]
+        assert "keep no neuron" in failed["error"]
+        assert chosen["meets"]
+        assert merges[method]["setting"] == {
+            "alpha_conv": pytest.approx(0.02),
+            "alpha_fc": pytest.approx(0.02),
+        }
+    assert merges["mtz"]["setting"] == {"share": 1.0}
+
+
+def test_subsets_equal_paper_for_two_tasks(two_runs: tuple[dict, dict]) -> None:
+    rows = two_runs[0]["rows"]
+
+    def body(method: str) -> list[dict]:
+        drop = ("method", "grouping")
+        return [
+            {k: v for k, v in r.items() if k not in drop} for r in rows if r["method"] == method
+        ]
+
+    assert body("pam-paper") == body("pam-subsets")
+
+
+def test_summary_totals_and_ratios_come_from_the_rows(two_runs: tuple[dict, dict]) -> None:
+    result = two_runs[0]
+    assert len(result["summary"]) == len(TINY["pruners"])
+    for entry in result["summary"]:
+        rows = [r for r in result["rows"] if r["pruner"] == entry["pruner"]]
+        total = {m: sum(r["macs"] for r in rows if r["method"] == m) for m in METHODS}
+        assert entry["total_macs"] == total
+        assert entry["ratios"]["no-merge/pam-paper"] == pytest.approx(
+            total["no-merge"] / total["pam-paper"]
+        )
+        assert entry["ratios"]["mtz/pam-subsets"] == pytest.approx(
+            total["mtz"] / total["pam-subsets"]
+        )
+        assert all(entry["unpruned_total_macs"][m] > total[m] for m in METHODS)
+
+
+def test_render_has_every_combination_row_and_one_summary_per_table(
+    two_runs: tuple[dict, dict], tmp_path: Path
+) -> None:
+    result = two_runs[0]
+    text = render_pam(result)
+    for label in ("| 01234 |", "| 56789 |", "| 01234 + 56789 |"):
+        assert text.count(label) == len(TINY["pruners"])
+    assert "| tasks | no merging | MTZ | PAM (paper) | PAM (subsets) |" in text
+    lines = pam_summaries(result)
+    assert len(lines) == len(TINY["pruners"]) and all(line in text for line in lines)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = plot_pam({"metrics": {"pam": result}}, tmp_path, plt)
+    assert names == ["pam_macs_class_split.png"]
+    assert (tmp_path / names[0]).read_bytes()[:4] == b"\x89PNG"
+    assert plot_pam({"metrics": {}}, tmp_path, plt) == []
+
+
+def test_five_tasks_give_every_combination(tmp_path: Path) -> None:
+    options = {**TINY, "pruners": ("magnitude",), "groupings": ("subsets",), "max_pruning_steps": 1}
+    config = PAMSuiteConfig(**options, splits=("class_split5",), cache_dir=str(tmp_path))
+    result = run_pam_suite(config, progress=False)
+    tasks = ["classes_01", "classes_23", "classes_45", "classes_67", "classes_89"]
+    for method in ("no-merge", "mtz", "pam-subsets"):
+        rows = [r for r in result["rows"] if r["method"] == method]
+        assert len(rows) == 2**5 - 1
+        assert len({tuple(r["tasks"]) for r in rows}) == 31
+    text = render_pam(result)
+    assert "| 01 + 23 + 45 + 67 + 89 |" in text
+    assert sum(line.startswith("| ") and " / " in line for line in text.splitlines()) == 31
+    assert len(tasks) == len(result["summary"][0]["tasks"])
+
+
+BAD_CONFIGS: list[tuple[str, Any, type[Exception]]] = [
+    ("splits", ("mnist",), ValueError),
+    ("splits", "class_split", TypeError),
+    ("pruners", ("taylor", "taylor"), ValueError),
+    ("groupings", ("all",), ValueError),
+    ("alpha_conv", 0.0, ValueError),
+    ("alpha_fc", "0.1", TypeError),
+    ("alpha_scales", (), TypeError),
+    ("mtz_shares", (1.5,), ValueError),
+    ("pruned_groups", "exclusive", ValueError),
+    ("validation_fraction", 0.0, ValueError),
+    ("step_ratio", 1.0, ValueError),
+    ("min_step_reduction", 0.9, ValueError),
+    ("accuracy_tolerance", -1.0, ValueError),
+    ("max_pruning_steps", -1, ValueError),
+    ("batch_size", True, TypeError),
+    ("patience", 0, ValueError),
+    ("merge_samples", 1, ValueError),
+    ("threads", 0, ValueError),
+    ("cache_dir", "", TypeError),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "error"), BAD_CONFIGS)
+def test_config_rejects_bad_values_naming_the_field(
+    field: str, value: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=field):
+        PAMSuiteConfig(**{field: value})
+
+
+def test_run_rejects_a_config_that_is_not_one() -> None:
+    with pytest.raises(TypeError, match="PAMSuiteConfig"):
+        run_pam_suite({"splits": ("class_split",)})  # type: ignore[arg-type]
