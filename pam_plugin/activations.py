@@ -116,3 +116,20 @@ def record_activations(
             )
         result[space.index] = values
     return result
+
+
+def gather_samples(value: Tensor) -> Tensor:
+    """Concatenate ``value`` (samples first) over the ranks of an initialised process group.
+
+    Data-parallel PAM: each rank records activations (and labels) on its shard of
+    the inputs; the statistics need every sample, so the shards are gathered in
+    rank order and every rank runs the same search on the same data. Shards may
+    have different sizes. Without ``torch.distributed`` (or with one rank) returns
+    ``value`` unchanged.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    shards: list[Tensor | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shards, value.cpu())
+    return torch.cat([shard for shard in shards if shard is not None]).to(value.device)

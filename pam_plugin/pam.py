@@ -26,6 +26,10 @@ Implementation notes (deviations from the authors' TensorFlow code):
   exactly (dropping its irrelevant neurons is the pruner's job).
 - Joint retraining while pruning (the paper's step 6) is left to the caller:
   ``adapters.torch_pruning.prune_merged`` and :func:`pam_plugin.retrain`.
+- Data-parallel: when a ``torch.distributed`` process group is initialised, each
+  rank passes its shard of ``inputs`` and ``labels``; activations and labels are
+  gathered in rank order, so every rank builds the network a single process
+  builds from all shards.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pam_plugin.activations import record_activations
+from pam_plugin.activations import gather_samples, record_activations
 from pam_plugin.architecture import Space
 from pam_plugin.construction import Assignment, Prepared, build_network
 from pam_plugin.grouping import GROUPINGS, Grouping, GroupKey, Neuron, relevance_groups
@@ -118,11 +122,15 @@ class PAMMerger:
         if len(tasks) == 1 or not spaces:
             return {}
         activations = {
-            t: record_activations(
-                prepared.graphs[t], arch, prepared.inputs, batch_size=self.batch_size, network=t
-            )
+            t: {
+                index: gather_samples(values)
+                for index, values in record_activations(
+                    prepared.graphs[t], arch, prepared.inputs, batch_size=self.batch_size, network=t
+                ).items()
+            }
             for t in tasks
         }
+        raw = {t: gather_samples(raw[t]) for t in tasks}
         assignment: dict[int, dict[GroupKey, list[Neuron]]] = {}
         for space in spaces:
             pooled = torch.cat([activations[t][space.index] for t in tasks], dim=1)  # (B, N·d, k)
