@@ -87,7 +87,14 @@ def retrain(
                     raise ValueError(
                         f"task(s) {missing} have a loss but no model output or no target in the batch"
                     )
-                loss = torch.stack([losses[t](outputs[t], targets[t]) for t in losses]).sum()
+                terms = {t: losses[t](outputs[t], targets[t]) for t in losses}
+                bad = [t for t, value in terms.items() if not torch.isfinite(value).all()]
+                if bad:
+                    raise ValueError(
+                        f"the loss of task(s) {bad} is NaN or inf at step {steps}: check that batch's "
+                        "targets (e.g. every target of a task set to an ignore_index) and the outputs"
+                    )
+                loss = torch.stack(list(terms.values())).sum()
                 step_fn.zero_grad(set_to_none=True)
                 loss.backward()
                 step_fn.step()

@@ -7,6 +7,7 @@ in all) or ``long`` (``HYPOTHESIS_PROFILE=long``, 10x more)."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -119,4 +120,39 @@ def test_masked_equals_physical(spec, seed, keep):
     assert sum(p.numel() for p in compact.parameters()) <= sum(
         p.numel() for p in model.parameters()
     )
+    assert same_state(model, snapshot)
+
+
+@settings(max_examples=30 * SCALE)
+@given(spec=SPECS, ratio=st.floats(0.2, 0.7))
+def test_nni_speedup(spec, ratio):
+    pytest.importorskip("nni")
+    from nni.compression.pruning import L1NormPruner
+
+    from adapters.nni import param_masks, speedup
+
+    model = RandomNet(spec)
+    snapshot = state_snapshot(model)
+    x = batches_for(model)[0][0]
+    protected = set(atp.output_layers(model, x[:1]).values())
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and m not in protected and m.groups == 1
+    ]
+    if not names:
+        return
+    work = copy.deepcopy(model)
+    pruner = L1NormPruner(
+        work, [{"op_names": names, "sparse_ratio": ratio, "granularity": "out_channel"}]
+    )
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    compact = speedup(work, masks, x[:1])
+    masked = apply_masks(work, atp.align_masks(work, param_masks(masks), x[:1]))
+    out_c, out_m = compact(x), masked(x)
+    assert out_c.keys() == model(x).keys()
+    for task in out_m:
+        assert out_c[task].shape == out_m[task].shape
+        torch.testing.assert_close(out_c[task], out_m[task], atol=1e-5, rtol=1e-4)
     assert same_state(model, snapshot)
