@@ -11,7 +11,14 @@ from typing import Any, Literal, get_args
 import torch_pruning as tp
 from torch import nn
 
-from adapters.compaction import HISTORY, TASKS, as_example_inputs, protected_layers, pruning_history
+from adapters.compaction import (
+    HISTORY,
+    TASKS,
+    as_example_inputs,
+    protected_layers,
+    pruning_history,
+    to_copy_kwargs,
+)
 from cut_plugin import select_tasks
 from cut_plugin.batching import (
     Inputs,
@@ -21,6 +28,7 @@ from cut_plugin.batching import (
     check_targets,
     check_tasks,
     iterate_batches,
+    model_device_dtype,
     run_model,
     scalar_loss,
 )
@@ -80,6 +88,7 @@ def baseline_prune(
         "taylor": tp.importance.GroupTaylorImportance,
         "random": tp.importance.RandomImportance,
     }[importance]()
+    tp_kwargs = to_copy_kwargs(model, compact, tp_kwargs)
     ignored = list(tp_kwargs.pop("ignored_layers", None) or []) + protected_layers(compact, example)
     pruner = tp.pruner.BasePruner(
         compact, example, scorer, pruning_ratio=ratio, ignored_layers=ignored, **tp_kwargs
@@ -102,12 +111,14 @@ def baseline_prune(
 def _accumulate_gradients(
     model: nn.Module, losses: Mapping[str, Loss], data: Iterable[Any], max_batches: int | None
 ) -> None:
+    device, _ = model_device_dtype(model)
     model.zero_grad(set_to_none=True)
     model.eval()
     for index, inputs, raw in iterate_batches(data, max_batches=max_batches):
         outputs = run_model(model, inputs)
         targets = check_targets(raw, list(losses), index)
         total = sum(
-            scalar_loss(fn, outputs[t], targets[t], task=t, index=index) for t, fn in losses.items()
+            scalar_loss(fn, outputs[t], targets[t].to(device), task=t, index=index)
+            for t, fn in losses.items()
         )
         total.backward()  # type: ignore[union-attr]

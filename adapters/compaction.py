@@ -31,6 +31,7 @@ __all__ = [
 
 HISTORY = "_cut_pam_history"
 TASKS = "_cut_pam_tasks"
+TASK_NAMES = "_cut_pam_task_names"
 FORMAT = "cut-pam/pruned-v1"
 
 OUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
@@ -60,6 +61,51 @@ def as_example_inputs(example_inputs: Any, model: nn.Module | None = None) -> tu
         else x
         for x in example
     )
+
+
+MODULE_KEYED = ("ignored_layers", "pruning_ratio_dict", "unwrapped_parameters", "in_channel_groups",
+                "out_channel_groups", "num_heads", "customized_pruners")  # fmt: skip
+
+
+def to_copy_kwargs(
+    original: nn.Module, copy: nn.Module, tp_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Torch-Pruning options that name modules/parameters of ``original``, re-pointed at ``copy``.
+
+    The pruners here prune a copy (``select_tasks``); a module of a dropped task
+    is left out. Keys other than modules/parameters (e.g. layer types) are kept.
+    """
+    modules = {id(m): n for n, m in original.named_modules()}
+    params = {id(p): n for n, p in original.named_parameters()}
+    copy_modules = dict(copy.named_modules())
+    copy_params = dict(copy.named_parameters())
+
+    def one(item: Any) -> Any:
+        if isinstance(item, nn.Parameter) and id(item) in params:
+            return copy_params.get(params[id(item)])
+        if isinstance(item, nn.Module) and id(item) in modules:
+            return copy_modules.get(modules[id(item)])
+        if isinstance(item, tuple) and item and all(isinstance(x, nn.Module) for x in item):
+            mapped = tuple(m for m in map(one, item) if m is not None)
+            return mapped or None
+        return item
+
+    result = dict(tp_kwargs)
+    for key in MODULE_KEYED:
+        value = result.get(key)
+        if isinstance(value, dict):
+            result[key] = {k2: v for k, v in value.items() if (k2 := one(k)) is not None}
+        elif isinstance(value, list | tuple):
+            items = []
+            for entry in value:
+                if isinstance(entry, tuple) and entry and isinstance(entry[0], nn.Parameter):
+                    mapped = one(entry[0])
+                    if mapped is not None:
+                        items.append((mapped, *entry[1:]))
+                elif (mapped := one(entry)) is not None:
+                    items.append(mapped)
+            result[key] = items
+    return result
 
 
 def _output_layer_lists(
@@ -155,7 +201,11 @@ def _structural_layers(
     finally:
         for handle in handles:
             handle.remove()
-    reused = [m for m in layers if calls.get(id(m), 0) > 1]
+    owners: dict[int, list[nn.Module]] = {}
+    for m in layers:
+        owners.setdefault(id(m.weight), []).append(m)
+    tied = [m for group in owners.values() if len(group) > 1 for m in group]
+    reused = [m for m in layers if calls.get(id(m), 0) > 1] + tied
     return reads_input + [m for m in reused if all(m is not k for k in reads_input)]
 
 
@@ -204,6 +254,18 @@ def _plan(
         removable = _removable_channels(group, weights)
         if removable is None or not removable.any():
             continue
+        groups = [
+            dep.target.module.groups
+            for dep, _ in group
+            if dep.handler in IN_HANDLERS
+            and 1 < getattr(dep.target.module, "groups", 1) < dep.target.module.in_channels
+        ]
+        if groups and len(removable) % max(groups) == 0:
+            # A grouped conv downstream: remove a channel only together with its
+            # counterparts in every group, so the groups stay equal in width.
+            removable = removable.view(max(groups), -1).all(0).repeat(max(groups))
+            if not removable.any():
+                continue
         if removable.all():
             removable[0] = False  # a layer keeps one (zero) channel rather than vanish
         root = group[0].dep
@@ -223,7 +285,8 @@ def align_masks(
     Every channel that ``prune_by_masks`` removes also gets its coupled biases and
     BatchNorm scale/shift masked (an unmasked BatchNorm turns a zero channel into
     a nonzero constant), so ``apply_masks(model, align_masks(...))`` computes what
-    the compact model computes.
+    the compact model computes — for activations with f(0) = 0 (ReLU, GELU, ...;
+    after a sigmoid a removed channel would still have added f(0)·W[:, c]).
     """
     checked = check_masks(model, masks)
     work = copy.deepcopy(model)
@@ -308,7 +371,7 @@ def save_pruned(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     entries = pruning_history(model) if history is None else list(history)
-    if not entries and not hasattr(model, HISTORY):
+    if history is None and not hasattr(model, HISTORY):
         raise ValueError(
             "the model carries no pruning history (it was not made by cut_prune, CUTPruner or "
             "prune_by_masks); pass history=pruner.pruning_history()"
@@ -318,6 +381,7 @@ def save_pruned(
         "format": FORMAT,
         "history": [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in entries],
         "tasks": list(tasks) if tasks is not None else None,
+        "task_names": getattr(model, TASK_NAMES, None),
         "state_dict": model.state_dict(),
     }
     torch.save(state, path)
@@ -344,11 +408,10 @@ def load_pruned(
     model = model_factory()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model_factory() must return an nn.Module, got {type(model).__name__}")
-    if state["tasks"] is not None:
-        model = select_tasks(model, state["tasks"])
-        setattr(model, TASKS, list(state["tasks"]))
     was_training = model.training
     history = [(n, out, idxs) for n, out, idxs in state["history"]]
+    # Replay on the full model first (earlier prunings may have touched heads a
+    # later task selection dropped), then select the tasks.
     graph = tp.DependencyGraph().build_dependency(
         model, as_example_inputs(example_inputs, model), verbose=False
     )
@@ -359,6 +422,10 @@ def load_pruned(
             f"the saved pruning history does not fit the model model_factory() builds ({error}); "
             "pass the factory of the original architecture"
         ) from None
+    if state["tasks"] is not None:
+        model = select_tasks(model, state["tasks"], task_names=state.get("task_names"))
+        setattr(model, TASKS, list(state["tasks"]))
+        setattr(model, TASK_NAMES, state.get("task_names"))
     model.load_state_dict(state["state_dict"])
     model.train(was_training)
     setattr(model, HISTORY, history)

@@ -20,11 +20,11 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from adapters.baselines import BASELINES, baseline_prune, count_macs
-from adapters.merged_pruning import PRUNED_GROUPS, prune_merged
 from adapters.compaction import (
     HISTORY,
     IN_HANDLERS,
     OUT_HANDLERS,
+    TASK_NAMES,
     TASKS,
     align_masks,
     as_example_inputs,
@@ -34,7 +34,9 @@ from adapters.compaction import (
     prune_by_masks,
     pruning_history,
     save_pruned,
+    to_copy_kwargs,
 )
+from adapters.merged_pruning import PRUNED_GROUPS, prune_merged
 from cut_plugin import apply_masks, cut_masks, score_tasks, select_tasks
 from cut_plugin.batching import Inputs, Loss, check_losses, check_ratio, check_tasks
 from cut_plugin.fusion import Rule, check_rule, rank_channels
@@ -277,8 +279,10 @@ class CUTPruner(tp.pruner.BasePruner):
         compact = select_tasks(model, selected_tasks, task_names=task_names)
         check_losses(losses, selected_tasks)
         setattr(compact, TASKS, selected_tasks)
+        setattr(compact, TASK_NAMES, list(task_names) if task_names is not None else None)
         self._prior_history = pruning_history(model)
         setattr(compact, HISTORY, list(self._prior_history))
+        tp_kwargs = to_copy_kwargs(model, compact, tp_kwargs)
         ignored = list(tp_kwargs.pop("ignored_layers", None) or [])
         ignored += [
             m for m in protected_layers(compact, example) if all(m is not k for k in ignored)
@@ -307,20 +311,28 @@ class CUTPruner(tp.pruner.BasePruner):
         if importance.is_stale(self.model):
             importance.estimate(self.model, self.data, self.max_batches)
         schedule = self.per_step_pruning_ratio
+        last = len(schedule) - 1
         step_ratio = (
-            schedule[min(self.current_step + 1, len(schedule) - 1)]
-            if schedule
-            else self.pruning_ratio
+            float(schedule[min(self.current_step + 1, last)]) if schedule else self.pruning_ratio
         )
-        importance.keep_ratio = 1.0 - float(step_ratio)
+        done = float(schedule[min(self.current_step, last)]) if schedule else 0.0
+        # Torch-Pruning's step ratios are fractions of the initial width, but the
+        # tasks vote on the channels that are left: each keeps (1 - r_k) / (1 - r_{k-1}).
+        importance.keep_ratio = min(1.0, max(0.0, (1.0 - step_ratio) / max(1.0 - done, 1e-12)))
         result = super().step(interactive)
         if not interactive:
-            setattr(
-                self.model,
-                HISTORY,
-                self._prior_history + [tuple(h) for h in self.pruning_history()],
-            )
-        return result
+            self._record_history()
+            return result
+
+        def groups() -> Any:
+            yield from result
+            self._record_history()
+
+        return groups()
+
+    def _record_history(self) -> None:
+        history = self._prior_history + [tuple(h) for h in self.pruning_history()]
+        setattr(self.model, HISTORY, history)
 
 
 def cut_prune(
@@ -383,5 +395,7 @@ def cut_prune(
         pruned = apply_masks(selected, masks, inplace=True)
         pruned.cut_pam_masks = masks  # type: ignore[assignment]
         setattr(pruned, TASKS, check_tasks(tasks))
+        setattr(pruned, TASK_NAMES, list(task_names) if task_names is not None else None)
+        setattr(pruned, HISTORY, pruning_history(model))
         return pruned
     raise ValueError(f"granularity must be 'channel' or 'weight', got {granularity!r}")

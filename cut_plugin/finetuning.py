@@ -74,7 +74,7 @@ def finetune(
             are matched by ``distill_loss`` (MSE by default), teacher in eval mode.
         task_names: names of a tuple output.
 
-    The result is left in the train/eval mode ``model`` had.
+    Every module of the result (and of ``teacher``) is left in the train/eval mode it had.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -91,7 +91,7 @@ def finetune(
     if not tasks:
         raise ValueError("losses is empty: give one loss per task to fine-tune")
     student = model if inplace else copy.deepcopy(model)
-    was_training = model.training
+    student_modes = [(m, m.training) for m in student.modules()]
     fixed = check_masks(student, masks) if masks is not None else {}
     params = dict(student.named_parameters())
     trainable = [p for p in student.parameters() if p.requires_grad]
@@ -101,7 +101,7 @@ def finetune(
     device, _ = model_device_dtype(student)
     _apply(params, fixed)
     student.train()
-    teacher_was_training = teacher.training if teacher is not None else False
+    teacher_modes = [(m, m.training) for m in teacher.modules()] if teacher is not None else []
     if teacher is not None:
         teacher.eval()
     bar = tqdm(total=steps, desc="fine-tuning", disable=not progress, leave=False)
@@ -137,9 +137,8 @@ def finetune(
             bar.set_postfix(loss=f"{loss.item():.4f}")  # type: ignore[union-attr]
     finally:
         bar.close()
-        student.train(was_training)
-        if teacher is not None:
-            teacher.train(teacher_was_training)
+        for module, mode in student_modes + teacher_modes:
+            module.training = mode
     optimizer.zero_grad(set_to_none=True)
     return student
 
