@@ -104,25 +104,10 @@ class Context:
 Method = Callable[[Context], tuple[nn.Module, dict[str, torch.Tensor] | None]]
 
 
-def _cut_channel(rule: str) -> Method:
-    def method(ctx: Context) -> tuple[nn.Module, None]:
-        compact = atp.cut_prune(
-            ctx.model,
-            ctx.example(),
-            tasks=ctx.tasks,
-            losses=ctx.losses(),
-            data=list(ctx.score_data()),
-            pruning_ratio=ctx.ratio,
-            rule=rule,
-            progress=False,
-        )
-        return compact, None
+def _cut(rule: str, granularity: str = "channel") -> Method:
+    """CUT (``rule="vote"``) or DiSparse (``"any"``) through ``cut_prune``."""
 
-    return method
-
-
-def _cut_weight(rule: str) -> Method:
-    def method(ctx: Context) -> tuple[nn.Module, dict]:
+    def method(ctx: Context) -> tuple[nn.Module, dict | None]:
         pruned = atp.cut_prune(
             ctx.model,
             ctx.example(),
@@ -130,11 +115,11 @@ def _cut_weight(rule: str) -> Method:
             losses=ctx.losses(),
             data=list(ctx.score_data()),
             pruning_ratio=ctx.ratio,
-            granularity="weight",
+            granularity=granularity,
             rule=rule,
             progress=False,
         )
-        return pruned, pruned.cut_pam_masks
+        return pruned, getattr(pruned, "cut_pam_masks", None)
 
     return method
 
@@ -194,7 +179,7 @@ def _random_at_init(ctx: Context) -> tuple[nn.Module, dict]:
 
 def _scratch(ctx: Context) -> tuple[nn.Module, None]:
     """Control: CUT's compact architecture re-initialised, trained with the same budget."""
-    compact, _ = _cut_channel("vote")(ctx)
+    compact, _ = _cut("vote")(ctx)
     torch.manual_seed(ctx.seed + 3)
     for module in compact.modules():
         if hasattr(module, "reset_parameters"):
@@ -225,10 +210,10 @@ def _nni_l1(ctx: Context) -> tuple[nn.Module, None]:
 CUT_METHODS: dict[str, Method] = {
     "scratch": _scratch,
     "nni-l1": _nni_l1,
-    "cut": _cut_channel("vote"),
-    "disparse": _cut_channel("any"),
-    "cut-weight": _cut_weight("vote"),
-    "disparse-weight": _cut_weight("any"),
+    "cut": _cut("vote"),
+    "disparse": _cut("any"),
+    "cut-weight": _cut("vote", "weight"),
+    "disparse-weight": _cut("any", "weight"),
     "tp-magnitude": _tp("magnitude"),
     "tp-taylor": _tp("taylor"),
     "magnitude-weight": _magnitude,
