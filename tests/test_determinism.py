@@ -26,4 +26,6 @@ def test_same_seed_same_compact_model():
 def test_same_seed_same_masks():
     first, second = _run("weight"), _run("weight")
     assert first.cut_pam_masks.keys() == second.cut_pam_masks.keys()
-    assert all(torch.equal(first.cut_pam_masks[n], second.cut_pam_masks[n]) for n in first.cut_pam_masks)
+    assert all(
+        torch.equal(first.cut_pam_masks[n], second.cut_pam_masks[n]) for n in first.cut_pam_masks
+    )
