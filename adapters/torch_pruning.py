@@ -93,7 +93,16 @@ class CUTImportance(tp.importance.Importance):
         self.losses = check_losses(losses, self.tasks)
         self.criterion = check_criterion(criterion)
         self.rule, self.votes = check_rule(rule, votes)
-        self.keep_ratio = 1.0 - check_ratio(1.0 - keep_ratio, name="keep_ratio (as 1 - keep_ratio)")
+        if (
+            isinstance(keep_ratio, bool)
+            or not isinstance(keep_ratio, int | float)
+            or not 0 < keep_ratio <= 1
+        ):
+            raise ValueError(
+                f"keep_ratio must be in (0, 1] (the fraction of a group's channels each task keeps), "
+                f"got {keep_ratio!r}"
+            )
+        self.keep_ratio = float(keep_ratio)
         self.weights = weights
         self.task_names = task_names
         self.progress = progress
