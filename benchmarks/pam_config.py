@@ -1,0 +1,98 @@
+"""Configuration of the PAM benchmark table: a frozen dataclass validated on construction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from adapters.merged_pruning import PRUNED_GROUPS
+from pam_plugin.validation import check_choice, check_int, check_number
+
+__all__ = ["FULL_PAM", "PAM_GROUPINGS", "PAM_PRUNERS", "PAM_SPLITS", "QUICK_PAM", "PAMSuiteConfig"]
+
+PAM_SPLITS: tuple[str, ...] = ("class_split", "class_split5")
+PAM_PRUNERS: tuple[str, ...] = ("taylor", "magnitude")
+PAM_GROUPINGS: tuple[str, ...] = ("paper", "subsets")
+
+
+def _check_tuple(name: str, values: Any, check: Callable[[str, Any], object]) -> None:
+    if not isinstance(values, tuple) or not values:
+        raise TypeError(f"{name} must be a non-empty tuple, got {values!r}")
+    for value in values:
+        check(f"{name} entry", value)
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must not repeat a value, got {values!r}")
+
+
+@dataclass(frozen=True)
+class PAMSuiteConfig:
+    """One PAM table per split × pruner: merging knobs, pruning and fine-tuning budgets.
+
+    ``accuracy_tolerance`` is in points, per task; ``step_ratio`` the fraction
+    of the remaining channels removed per pruning step; ``finetune_steps`` the
+    joint retraining steps after each; ``retrain_steps`` those after merging.
+    """
+
+    splits: tuple[str, ...] = ("class_split",)
+    pruners: tuple[str, ...] = ("taylor",)
+    groupings: tuple[str, ...] = ("paper",)
+    alpha_conv: float = 0.2
+    alpha_fc: float = 0.15
+    alpha_scales: tuple[float, ...] = (1.0, 0.5, 0.25)
+    mtz_shares: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
+    pruned_groups: str = "all"
+    pretrain_epochs: int = 20
+    validation_fraction: float = 0.2
+    merge_samples: int = 128
+    retrain_steps: int = 500
+    step_ratio: float = 0.1
+    finetune_steps: int = 150
+    max_pruning_steps: int = 25
+    patience: int = 3
+    min_step_reduction: float = 0.01
+    accuracy_tolerance: float = 1.0
+    importance_batches: int = 4
+    batch_size: int = 64
+    eval_batch_size: int = 500
+    lr: float = 1e-3
+    threads: int | None = 1
+    cache_dir: str = ".cache/cut-pam"
+
+    def __post_init__(self) -> None:
+        options = {"splits": PAM_SPLITS, "pruners": PAM_PRUNERS, "groupings": PAM_GROUPINGS}
+        for name, choices in options.items():
+            _check_tuple(name, getattr(self, name), partial(check_choice, choices=choices))
+        fraction = partial(check_number, low=0.0, high=1.0, low_open=True)
+        _check_tuple("alpha_scales", self.alpha_scales, fraction)
+        _check_tuple("mtz_shares", self.mtz_shares, fraction)
+        for name in ("alpha_conv", "alpha_fc", "lr"):
+            check_number(name, getattr(self, name), low=0.0, low_open=True)
+        check_choice("pruned_groups", self.pruned_groups, PRUNED_GROUPS)
+        fraction("validation_fraction", self.validation_fraction, high=0.5)
+        fraction("step_ratio", self.step_ratio, high=0.9)
+        check_number("min_step_reduction", self.min_step_reduction, low=0.0, high=0.5)
+        check_number("accuracy_tolerance", self.accuracy_tolerance, low=0.0, high=100.0)
+        check_int("merge_samples", self.merge_samples, low=2)
+        for name in ("pretrain_epochs", "importance_batches", "batch_size", "eval_batch_size"):
+            check_int(name, getattr(self, name))
+        check_int("patience", self.patience)
+        for name in ("retrain_steps", "finetune_steps", "max_pruning_steps"):
+            check_int(name, getattr(self, name), low=0)
+        if self.threads is not None:
+            check_int("threads", self.threads)
+        if not isinstance(self.cache_dir, str) or not self.cache_dir:
+            raise TypeError(f"cache_dir must be a non-empty path string, got {self.cache_dir!r}")
+
+    def methods(self) -> list[str]:
+        """The table's columns for this config."""
+        return ["no-merge", "mtz", *(f"pam-{g}" for g in self.groupings)]
+
+
+QUICK_PAM = PAMSuiteConfig()
+"""2 tasks (0–4 / 5–9), Taylor, paper grouping (the same as subsets for 2 tasks)."""
+FULL_PAM = PAMSuiteConfig(
+    splits=PAM_SPLITS, pruners=PAM_PRUNERS, groupings=PAM_GROUPINGS, max_pruning_steps=40
+)
+"""2 and 5 tasks, Taylor and magnitude, paper and subsets groupings."""
