@@ -63,7 +63,7 @@ QUICK_EDGE = EdgeConfig(
 
 SUITES: dict[str, Suite] = {
     "quick": Suite(
-        "CUT on MNIST-5k multi-head (digit+parity, 50 %, 8 methods); score_tasks overhead; PAM vs MTZ vs no merging (2 tasks); edge latency",
+        "CUT on MNIST-5k multi-head (digit+parity, 50 %, 8 methods); score_tasks overhead; latency vs MACs by width; PAM vs MTZ vs no merging (2 tasks); edge latency",
         {
             "cut": lambda seed, progress: run_cut_suite(QUICK_CUT, seed=seed, progress=progress),
             "scoring": lambda seed, progress: run_scoring_speed(
@@ -77,7 +77,7 @@ SUITES: dict[str, Suite] = {
         },
     ),
     "full": Suite(
-        "CUT: 3 task subsets x ratios 0.3/0.5/0.7/0.9 x 11 methods; score_tasks time and memory; PAM 2 and 5 tasks x 2 pruners x paper/subsets grouping; edge latency",
+        "CUT: 3 task subsets x ratios 0.3/0.5/0.7/0.9 x 11 methods; score_tasks time and memory; latency vs MACs by width; PAM 2 and 5 tasks x 2 pruners x paper/subsets grouping; edge latency",
         {
             "cut": lambda seed, progress: run_cut_suite(FULL_CUT, seed=seed, progress=progress),
             "scoring": lambda seed, progress: run_scoring_speed(
