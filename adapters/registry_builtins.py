@@ -153,8 +153,8 @@ def tp_pruner(importance: str) -> Callable[..., Any]:
     ) -> Any:
         import torch_pruning as tp
 
-        from adapters.compaction import as_example_inputs, protected_layers
-        from cut_plugin.batching import check_ratio
+        from adapters.torch_pruning.protection import protected_layers
+        from cut_plugin.vocabulary import as_example_inputs, check_ratio
 
         _check_tp_kwargs(
             tp_kwargs,

@@ -29,12 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapters.baselines import count_macs
-from adapters.torch_pruning import cut_prune
+from adapters.torch_pruning import count_macs, cut_prune
 from benchmarks.measure import environment, git_sha, latency_ms
 from benchmarks.models import MODELS, build_model
-from cut_plugin.batching import check_ratio
 from cut_plugin.export import EXPORTERS, check_onnx, export_onnx
+from cut_plugin.vocabulary import check_ratio
 
 __all__ = ["EdgeConfig", "main", "ort_latency_ms", "render_edge", "run_edge_latency"]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from adapters.merged_pruning import PRUNED_GROUPS
+from adapters.torch_pruning import PRUNED_GROUPS
 from pam_plugin.validation import check_choice, check_int, check_number
 
 __all__ = ["FULL_PAM", "PAM_GROUPINGS", "PAM_PRUNERS", "PAM_SPLITS", "QUICK_PAM", "PAMSuiteConfig"]

@@ -55,7 +55,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from adapters.merged_pruning import prune_merged
+from adapters.torch_pruning import prune_merged
 from benchmarks.data import IGNORE_INDEX, Split, TaskData, batches, load_data
 from benchmarks.pam_config import FULL_PAM, PAM_PRUNERS, PAM_SPLITS, QUICK_PAM, PAMSuiteConfig
 from benchmarks.training import evaluate, pretrained

@@ -8,13 +8,13 @@ the masks fixed. Structured (channel) pruning lives in ``adapters.torch_pruning`
 This package imports neither Torch-Pruning nor NNI.
 """
 
-from cut_plugin.batching import as_task_outputs, run_model
 from cut_plugin.decomposition import select_tasks, task_parameters
 from cut_plugin.export import EXPORTERS, check_onnx, export_onnx, export_torchscript
 from cut_plugin.finetuning import finetune
 from cut_plugin.fusion import RULES, fuse, normalise, rank_channels
 from cut_plugin.masks import PRUNABLE_TYPES, apply_masks, cut_masks, mask_sparsity, prunable_weights
 from cut_plugin.scoring import CRITERIA, score_tasks
+from cut_plugin.vocabulary import as_task_outputs, run_model
 
 __all__ = [
     "CRITERIA",

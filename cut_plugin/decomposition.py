@@ -15,8 +15,8 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from cut_plugin.batching import Inputs, check_tasks, run_model
 from cut_plugin.state import scoring_state
+from cut_plugin.vocabulary import Inputs, check_tasks, run_model
 
 __all__ = ["autograd_parameters", "select_tasks", "task_parameters"]
 

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from cut_plugin.batching import as_task_outputs, check_tasks, model_device_dtype
+from cut_plugin.vocabulary import as_task_outputs, check_tasks, model_device_dtype
 
 __all__ = ["EXPORTERS", "check_onnx", "export_onnx", "export_torchscript"]
 

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from cut_plugin.batching import (
+from cut_plugin.masks import check_masks
+from cut_plugin.vocabulary import (
     Loss,
     check_losses,
     check_targets,
@@ -26,7 +27,6 @@ from cut_plugin.batching import (
     run_model,
     scalar_loss,
 )
-from cut_plugin.masks import check_masks
 
 __all__ = ["finetune"]
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cut_plugin.batching import check_ratio
 from cut_plugin.fusion import VERDICT_RULES, Rule, check_rule, combine, top_mask
+from cut_plugin.vocabulary import check_ratio
 
 __all__ = ["PRUNABLE_TYPES", "apply_masks", "cut_masks", "mask_sparsity", "prunable_weights"]
 

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from cut_plugin.batching import (
+from cut_plugin.state import scoring_state
+from cut_plugin.vocabulary import (
     Loss,
     check_losses,
     check_targets,
@@ -44,7 +45,6 @@ from cut_plugin.batching import (
     run_model,
     scalar_loss,
 )
-from cut_plugin.state import scoring_state
 
 __all__ = ["CRITERIA", "Criterion", "TaskScores", "score_tasks"]
 

@@ -231,7 +231,9 @@ def test_speedup_refuses_a_compact_model_that_computes_other_shapes(residual, mo
     broken.heads["a"][2] = torch.nn.Linear(
         32, 5
     )  # as a mis-mapped Torch-Pruning group would leave it
-    monkeypatch.setattr("adapters.nni_speedup.prune_by_masks", lambda *args, **kwargs: broken)
+    monkeypatch.setattr(
+        sys.modules["adapters.nni.speedup"], "prune_by_masks", lambda *args, **kwargs: broken
+    )
     with pytest.raises(RuntimeError, match="Torch-Pruning could not compact this model"):
         speedup(wrapped, masks, x)
 

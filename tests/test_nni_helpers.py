@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from cut_plugin import apply_masks
-from cut_plugin.batching import as_task_outputs
+from cut_plugin.vocabulary import as_task_outputs
 
 
 def evaluator_for(
@@ -71,7 +71,7 @@ def masked_reference(
     plain: nn.Module, masks: Mapping[str, Tensor], x: Tensor, task_names: Any = None
 ) -> nn.Module:
     """What a compact model must compute: the masks (BatchNorm aligned) applied to ``plain``."""
-    from adapters.compaction import align_masks
+    from adapters.torch_pruning import align_masks
 
     return apply_masks(plain, align_masks(plain, masks, x, task_names=task_names))
 

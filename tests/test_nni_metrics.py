@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.nni_metrics import unit_metrics
+from adapters.nni.metrics import unit_metrics
 
 SHAPE = {"w": (torch.Size([8]), 1)}
 # Task a ranks blocks 0..7 best first, task b the reverse.

@@ -1,4 +1,4 @@
-"""prune_merged: Torch-Pruning on a merged network (adapters.merged_pruning)."""
+"""prune_merged: Torch-Pruning on a merged network (adapters.torch_pruning)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from adapters.merged_pruning import prune_merged
+from adapters.torch_pruning import prune_merged
 from pam_plugin import MergedNetwork, PAMMerger, build_merged, combination_costs, network_cost
 from tests.test_pam_costs import partly_shared
 from tests.test_pam_networks import assert_unchanged, inputs_for, networks_for, snapshot

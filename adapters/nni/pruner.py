@@ -1,20 +1,6 @@
-"""CUT as an NNI 3.0 pruner, and NNI masks → a physically smaller model.
+"""CUT as an NNI 3.0 pruner (``config_list`` picks layers and ratios, CUT picks blocks).
 
-:class:`CUTPruner` is an ``nni.compression`` ``Pruner``: NNI's ``config_list`` picks
-the layers and ratios, CUT decides which blocks (elements or output channels) go —
-each selected task scores the pre-trained weights with its own loss
-(``cut_plugin.score_tasks``) and the tasks' verdicts are fused by a rule (``vote``:
-CUT; ``any``: DiSparse). It runs alone or inside NNI's ``LinearPruner`` /
-``AGPPruner``. :func:`speedup` turns masks of any NNI pruner into a smaller model
-through Torch-Pruning (NNI's own ``ModelSpeedup`` fails on torch >= 2.2)::
-
-    from adapters.nni import CUTPruner, speedup
-    config_list = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5, "granularity": "out_channel"}]
-    pruner = CUTPruner(model, config_list, losses=losses, data=batches, tasks=["seg", "depth"])
-    pruned, masks = pruner.compress()
-    compact = speedup(pruned, masks, example_inputs)
-
-Needs ``pip install "cut-pam[nni]"``.
+Re-exported by :mod:`adapters.nni`; import from there.
 """
 
 from __future__ import annotations
@@ -29,38 +15,24 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-try:
-    with warnings.catch_warnings():
-        # NNI 3.0 on current torch/numpy warns at import about its own internals.
-        warnings.simplefilter("ignore")
-        from nni.compression.base.compressor import Pruner
-        from nni.compression.base.target_space import PruningTargetSpace, TargetType
-        from nni.compression.base.wrapper import ModuleWrapper
-        from nni.compression.pruning.tools import generate_sparsity
-        from nni.compression.utils import Evaluator
-except ImportError as error:
-    raise ImportError(
-        f'adapters.nni needs NNI 3.0, which failed to import ({error}); pip install "cut-pam[nni]"'
-    ) from error
+with warnings.catch_warnings():
+    # NNI 3.0 on current torch/numpy warns at import about its own internals.
+    warnings.simplefilter("ignore")
+    from nni.compression.base.compressor import Pruner
+    from nni.compression.base.target_space import PruningTargetSpace, TargetType
+    from nni.compression.base.wrapper import ModuleWrapper
+    from nni.compression.pruning.tools import generate_sparsity
+    from nni.compression.utils import Evaluator
 
-from adapters.nni_config import GRANULARITIES, check_config_list
-from adapters.nni_masks import param_masks, plain_copy, unwrapped
-from adapters.nni_metrics import unit_metrics
-from adapters.nni_speedup import speedup
+from adapters.nni.config import check_config_list
+from adapters.nni.masks import plain_copy, unwrapped
+from adapters.nni.metrics import unit_metrics
 from cut_plugin import score_tasks, select_tasks
-from cut_plugin.batching import Loss, check_losses, check_tasks
 from cut_plugin.fusion import Rule, check_rule
 from cut_plugin.scoring import Criterion, check_criterion
+from cut_plugin.vocabulary import Loss, check_losses, check_tasks
 
-__all__ = [
-    "GRANULARITIES",
-    "CUTPruner",
-    "check_config_list",
-    "param_masks",
-    "plain_copy",
-    "speedup",
-    "unwrapped",
-]
+__all__ = ["CUTPruner"]
 
 
 class _TestedWithCUT(logging.Filter):
@@ -102,7 +74,7 @@ class CUTPruner(Pruner):
 
     The three stages of NNI's pruners: ``_collect_data`` scores the tasks
     (:func:`cut_plugin.score_tasks`), ``_calculate_metrics`` fuses them into one
-    metric per block (:func:`adapters.nni_metrics.unit_metrics`), ``_generate_sparsity``
+    metric per block (:func:`adapters.nni.metrics.unit_metrics`), ``_generate_sparsity``
     is NNI's ``generate_sparsity``. So ``config_list`` means what it means for NNI's
     own pruners: ``op_types``/``op_names``/``op_names_re``/``exclude_op_*`` pick the
     layers, ``sparse_ratio`` (clipped by ``min``/``max_sparse_ratio``) the fraction

@@ -13,9 +13,9 @@ import torch
 from nni.compression.base.compressor import Compressor
 from torch import Tensor, nn
 
-from adapters.compaction import prune_by_masks
-from adapters.nni_masks import param_masks, plain_copy
-from cut_plugin.batching import Inputs
+from adapters.nni.masks import param_masks, plain_copy
+from adapters.torch_pruning import prune_by_masks
+from cut_plugin.vocabulary import Inputs
 
 __all__ = ["speedup"]
 

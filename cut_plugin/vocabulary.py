@@ -26,6 +26,7 @@ __all__ = [
     "check_ratio",
     "check_targets",
     "check_tasks",
+    "as_example_inputs",
     "iterate_batches",
     "model_device_dtype",
     "run_model",
@@ -223,3 +224,28 @@ def scalar_loss(loss_fn: Loss, output: Tensor, target: Tensor, *, task: str, ind
             "check that batch's inputs/targets and the model's outputs for NaN/inf"
         )
     return loss.reshape(())
+
+
+def as_example_inputs(example_inputs: Any, model: nn.Module | None = None) -> tuple[Any, ...]:
+    """Example inputs as the tuple Torch-Pruning expects (a bare tensor is wrapped).
+
+    With ``model``, floating tensors are cast to the model's device and dtype (new
+    tensors; the caller's are unchanged), as ``run_model`` does for batches.
+    """
+    if isinstance(example_inputs, Tensor):
+        example = (example_inputs,)
+    elif isinstance(example_inputs, tuple | list):
+        example = tuple(example_inputs)
+    else:
+        raise TypeError(
+            f"example_inputs must be a Tensor or a tuple of Tensors, got {type(example_inputs).__name__}"
+        )
+    if model is None:
+        return example
+    device, dtype = model_device_dtype(model)
+    return tuple(
+        x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+        if isinstance(x, Tensor)
+        else x
+        for x in example
+    )

@@ -6,7 +6,7 @@ ResNet. :func:`prune_merged` does the pruning part with any Torch-Pruning
 importance::
 
     import torch_pruning as tp
-    from adapters.merged_pruning import prune_merged
+    from adapters.torch_pruning import prune_merged
     pruned = prune_merged(merged, (x,), importance=tp.importance.GroupMagnitudeImportance(),
                           pruning_ratio=0.5, groups="shared")
 

@@ -1,13 +1,6 @@
-"""CUT as a Torch-Pruning importance and pruner: structured pruning with a real speed-up.
+"""CUT as a Torch-Pruning importance: per-task channel scores fused over the tasks.
 
-The paper's masks are unstructured (no dense speed-up). Here CUT's per-task
-scores are reduced to channels over every coupled layer of a Torch-Pruning
-group, and the tasks' verdicts on each channel are fused, so Torch-Pruning's
-dependency graph removes whole channels physically::
-
-    import adapters.torch_pruning as atp
-    compact = atp.cut_prune(model, (x,), tasks=["seg", "depth"], losses=losses,
-                            data=loader, pruning_ratio=0.5)
+Re-exported by :mod:`adapters.torch_pruning`; import from there.
 """
 
 from __future__ import annotations
@@ -19,45 +12,13 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from adapters.baselines import BASELINES, baseline_prune, count_macs
-from adapters.compaction import (
-    HISTORY,
-    IN_HANDLERS,
-    OUT_HANDLERS,
-    TASK_NAMES,
-    TASKS,
-    align_masks,
-    as_example_inputs,
-    load_pruned,
-    output_layers,
-    protected_layers,
-    prune_by_masks,
-    pruning_history,
-    save_pruned,
-    to_copy_kwargs,
-)
-from adapters.merged_pruning import PRUNED_GROUPS, prune_merged
-from cut_plugin import apply_masks, cut_masks, score_tasks, select_tasks
-from cut_plugin.batching import Inputs, Loss, check_losses, check_ratio, check_tasks
+from adapters.torch_pruning.compaction import IN_HANDLERS, OUT_HANDLERS
+from cut_plugin import score_tasks
 from cut_plugin.fusion import Rule, check_rule, rank_channels
 from cut_plugin.scoring import Criterion, check_criterion
+from cut_plugin.vocabulary import Inputs, Loss, check_losses, check_tasks
 
-__all__ = [
-    "BASELINES",
-    "PRUNED_GROUPS",
-    "CUTImportance",
-    "CUTPruner",
-    "align_masks",
-    "baseline_prune",
-    "count_macs",
-    "cut_prune",
-    "load_pruned",
-    "output_layers",
-    "prune_by_masks",
-    "prune_merged",
-    "pruning_history",
-    "save_pruned",
-]
+__all__ = ["CUTImportance"]
 
 
 class CUTImportance(tp.importance.Importance):
@@ -246,165 +207,3 @@ class CUTImportance(tp.importance.Importance):
             keep_ratio=self.keep_ratio,
             weights=weights,  # type: ignore[arg-type]
         )
-
-
-class CUTPruner(tp.pruner.BasePruner):
-    """A Torch-Pruning pruner that makes a compact model serving only ``tasks``.
-
-    On construction: the model is copied with only ``tasks`` (``select_tasks``;
-    the caller's model is never changed), every task's output layer is added to
-    ``ignored_layers`` (output widths never change), and :class:`CUTImportance` is
-    estimated on ``data``. ``step()`` prunes (re-estimating the scores first when
-    an earlier step changed the model). The compact model is ``pruner.model``.
-
-    Torch-Pruning options pass through: ``global_pruning``, ``iterative_steps``,
-    ``pruning_ratio_dict``, ``round_to``, ``max_pruning_ratio``, ``ignored_layers``...
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        example_inputs: Inputs,
-        *,
-        tasks: Sequence[str],
-        losses: Mapping[str, Loss],
-        data: Iterable[Any],
-        pruning_ratio: float = 0.5,
-        rule: Rule = "vote",
-        votes: int = 2,
-        criterion: Criterion = "taylor",
-        max_batches: int | None = None,
-        task_names: Sequence[str] | None = None,
-        progress: bool = True,
-        **tp_kwargs: Any,
-    ) -> None:
-        ratio = check_ratio(pruning_ratio)
-        if "importance" in tp_kwargs:
-            raise TypeError(
-                "CUTPruner builds its own CUTImportance; use tp.pruner.BasePruner for another importance"
-            )
-        example = as_example_inputs(example_inputs, model)
-        selected_tasks = check_tasks(tasks)
-        compact = select_tasks(model, selected_tasks, task_names=task_names)
-        check_losses(losses, selected_tasks)
-        setattr(compact, TASKS, selected_tasks)
-        setattr(compact, TASK_NAMES, list(task_names) if task_names is not None else None)
-        self._prior_history = pruning_history(model)
-        setattr(compact, HISTORY, list(self._prior_history))
-        tp_kwargs = to_copy_kwargs(model, compact, tp_kwargs)
-        ignored = list(tp_kwargs.pop("ignored_layers", None) or [])
-        ignored += [
-            m for m in protected_layers(compact, example) if all(m is not k for k in ignored)
-        ]
-        importance = CUTImportance(
-            losses,
-            tasks=selected_tasks,
-            criterion=criterion,
-            rule=rule,
-            votes=votes,
-            keep_ratio=1.0 - ratio,
-            progress=progress,
-        )
-        self.data = data
-        self.max_batches = max_batches
-        importance.estimate(compact, data, max_batches)
-        was_training = model.training
-        super().__init__(
-            compact, example, importance, pruning_ratio=ratio, ignored_layers=ignored, **tp_kwargs
-        )
-        compact.train(was_training)
-
-    def step(self, interactive: bool = False) -> Any:
-        """Prune one step; with ``interactive=True`` yield the groups to prune yourself."""
-        importance: CUTImportance = self.importance
-        if importance.is_stale(self.model):
-            importance.estimate(self.model, self.data, self.max_batches)
-        schedule = self.per_step_pruning_ratio
-        last = len(schedule) - 1
-        step_ratio = (
-            float(schedule[min(self.current_step + 1, last)]) if schedule else self.pruning_ratio
-        )
-        done = float(schedule[min(self.current_step, last)]) if schedule else 0.0
-        # Torch-Pruning's step ratios are fractions of the initial width, but the
-        # tasks vote on the channels that are left: each keeps (1 - r_k) / (1 - r_{k-1}).
-        importance.keep_ratio = min(1.0, max(0.0, (1.0 - step_ratio) / max(1.0 - done, 1e-12)))
-        result = super().step(interactive)
-        if not interactive:
-            self._record_history()
-            return result
-
-        def groups() -> Any:
-            yield from result
-            self._record_history()
-
-        return groups()
-
-    def _record_history(self) -> None:
-        history = self._prior_history + [tuple(h) for h in self.pruning_history()]
-        setattr(self.model, HISTORY, history)
-
-
-def cut_prune(
-    model: nn.Module,
-    example_inputs: Inputs,
-    *,
-    tasks: Sequence[str],
-    losses: Mapping[str, Loss],
-    data: Iterable[Any],
-    pruning_ratio: float,
-    granularity: str = "channel",
-    rule: Rule = "vote",
-    votes: int = 2,
-    criterion: Criterion = "taylor",
-    max_batches: int | None = None,
-    task_names: Sequence[str] | None = None,
-    progress: bool = True,
-    **kwargs: Any,
-) -> nn.Module:
-    """One call: a new compact model serving only ``tasks`` (the caller's model untouched).
-
-    ``granularity="channel"`` removes ``pruning_ratio`` of the channels physically
-    (:class:`CUTPruner`, all steps run; ``kwargs`` go to Torch-Pruning).
-    ``granularity="weight"`` gives the paper's unstructured masks (``cut_masks``;
-    ``kwargs`` go there): the returned model has the masked weights zeroed and its
-    masks in ``model.cut_pam_masks``, to pass to ``finetune(masks=...)``.
-    """
-    if granularity == "channel":
-        pruner = CUTPruner(
-            model,
-            example_inputs,
-            tasks=tasks,
-            losses=losses,
-            data=data,
-            pruning_ratio=pruning_ratio,
-            rule=rule,
-            votes=votes,
-            criterion=criterion,
-            max_batches=max_batches,
-            task_names=task_names,
-            progress=progress,
-            **kwargs,
-        )
-        for _ in range(pruner.iterative_steps):
-            pruner.step()
-        return pruner.model
-    if granularity == "weight":
-        ratio = check_ratio(pruning_ratio)
-        selected = select_tasks(model, tasks, task_names=task_names)
-        scores = score_tasks(
-            selected,
-            data,
-            losses,
-            tasks=tasks,
-            criterion=criterion,
-            max_batches=max_batches,
-            progress=progress,
-        )
-        masks = cut_masks(selected, scores, pruning_ratio=ratio, rule=rule, votes=votes, **kwargs)
-        pruned = apply_masks(selected, masks, inplace=True)
-        pruned.cut_pam_masks = masks  # type: ignore[assignment]
-        setattr(pruned, TASKS, check_tasks(tasks))
-        setattr(pruned, TASK_NAMES, list(task_names) if task_names is not None else None)
-        setattr(pruned, HISTORY, pruning_history(model))
-        return pruned
-    raise ValueError(f"granularity must be 'channel' or 'weight', got {granularity!r}")

@@ -11,18 +11,13 @@ from typing import Any, Literal, get_args
 import torch_pruning as tp
 from torch import nn
 
-from adapters.compaction import (
-    HISTORY,
-    TASKS,
-    as_example_inputs,
-    protected_layers,
-    pruning_history,
-    to_copy_kwargs,
-)
+from adapters.torch_pruning.protection import protected_layers, to_copy_kwargs
+from adapters.torch_pruning.serialization import HISTORY, TASKS, pruning_history
 from cut_plugin import select_tasks
-from cut_plugin.batching import (
+from cut_plugin.vocabulary import (
     Inputs,
     Loss,
+    as_example_inputs,
     check_losses,
     check_ratio,
     check_targets,
