@@ -11,7 +11,10 @@ A config names one object by its kind and gives its arguments; runtime objects
 
 Kinds: ``importance`` (Torch-Pruning importances), ``pruner`` (Torch-Pruning or NNI
 pruners, ``"framework"``: ``"torch_pruning"``, the default when the name exists
-there, or ``"nni"``), ``merger`` (PAM / MTZ). Built-in names: ``cut``,
+there, or ``"nni"``), ``merger`` (PAM / MTZ), ``prune`` (one call: model in, a new
+compact model out; Torch-Pruning ``cut``/``disparse`` (``cut_prune``),
+``magnitude``/``taylor``/``random`` (``baseline_prune``), ``merged``
+(``prune_merged``), NNI ``l1``/``l2`` then ``speedup``). Built-in names: ``cut``,
 ``disparse`` (CUT with ``rule="any"``), ``pam``, ``mtz``, and the frameworks' own:
 Torch-Pruning ``magnitude``/``taylor``, NNI ``l1``/``l2``/``taylor``.
 
@@ -42,14 +45,16 @@ from adapters.registry_builtins import (
     config_list_or_default,
     fixing,
     nni_norm,
+    nni_norm_prune,
     nni_taylor,
     tp_cut,
+    tp_prune_merged,
     tp_pruner,
 )
 
 __all__ = ["FRAMEWORKS", "KINDS", "available", "build", "load_config", "register"]
 
-KINDS: tuple[str, ...] = ("importance", "pruner", "merger")
+KINDS: tuple[str, ...] = ("importance", "pruner", "merger", "prune")
 FRAMEWORKS: tuple[str, ...] = ("torch_pruning", "nni")
 NAME = re.compile(r"[a-z][a-z0-9_-]*")
 
@@ -201,8 +206,10 @@ def build(config: Mapping[str, Any] | str | os.PathLike[str], **objects: Any) ->
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    unknown = [k for k in settings if k not in named]
-    if unknown and not open_ended:
+    # A fixed argument (disparse's rule) is no key, even for an entry taking **options.
+    fixed = set(getattr(entry.factory, "fixed", ()))
+    unknown = [k for k in settings if k in fixed or (k not in named and not open_ended)]
+    if unknown:
         raise ValueError(
             f"unknown key(s) {unknown} for {kind} {entry.name!r} ({entry.framework or 'plain'}); "
             f"valid keys are {sorted(named)}"
@@ -272,3 +279,20 @@ register("pruner", "l2", nni_norm(2), framework="nni")
 register("pruner", "taylor", nni_taylor, framework="nni")
 register("merger", "pam", Lazy("pam_plugin", "PAMMerger"))
 register("merger", "mtz", Lazy("pam_plugin", "MTZMerger"))
+register("prune", "cut", Lazy("adapters.torch_pruning", "cut_prune"), framework="torch_pruning")
+register(
+    "prune",
+    "disparse",
+    Lazy("adapters.torch_pruning", "cut_prune", fixed={"rule": "any"}),
+    framework="torch_pruning",
+)
+for _baseline in ("magnitude", "taylor", "random"):
+    register(
+        "prune",
+        _baseline,
+        Lazy("adapters.torch_pruning", "baseline_prune", fixed={"importance": _baseline}),
+        framework="torch_pruning",
+    )
+register("prune", "merged", tp_prune_merged, framework="torch_pruning")
+register("prune", "l1", nni_norm_prune(1), framework="nni")
+register("prune", "l2", nni_norm_prune(2), framework="nni")

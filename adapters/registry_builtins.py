@@ -17,8 +17,10 @@ __all__ = [
     "config_list_or_default",
     "fixing",
     "nni_norm",
+    "nni_norm_prune",
     "nni_taylor",
     "tp_cut",
+    "tp_prune_merged",
     "tp_pruner",
 ]
 
@@ -228,4 +230,80 @@ def fixing(function: Callable[..., Any], **fixed: Any) -> Callable[..., Any]:
         parameters=[p for n, p in signature.parameters.items() if n not in fixed]
     )
     call.__doc__ = f"{function.__doc__} with {fixed}"
+    call.fixed = dict(fixed)  # type: ignore[attr-defined]
     return call
+
+
+def tp_prune_merged(
+    model: Any,
+    example_inputs: Any,
+    pruning_ratio: float = 0.5,
+    criterion: str = "magnitude",
+    importance: Any = None,
+    pruned_groups: Any = "shared",
+    data: Any = None,
+    losses: Any = None,
+    **tp_kwargs: Any,
+) -> Any:
+    """``adapters.torch_pruning.prune_merged`` of a merged network ``model`` (a pruned copy).
+
+    ``criterion``: the registered Torch-Pruning importance (``"magnitude"``,
+    ``"taylor"``) built fresh for this call, unless an ``importance`` object is given.
+    (A config cannot say ``importance``: that key names the registry's importance kind.)
+    """
+    from adapters.registry import build
+    from adapters.torch_pruning import prune_merged
+
+    if importance is None:
+        importance = build({"importance": criterion, "framework": "torch_pruning"})
+    return prune_merged(
+        model, example_inputs, importance=importance, pruning_ratio=pruning_ratio,
+        data=data, losses=losses, pruned_groups=pruned_groups, **tp_kwargs,
+    )  # fmt: skip
+
+
+def nni_norm_prune(p: int) -> Callable[..., Any]:
+    """A one-shot L``p``-norm channel pruning with NNI, made smaller by ``adapters.nni.speedup``."""
+
+    def prune(
+        model: Any,
+        example_inputs: Any,
+        pruning_ratio: float = 0.5,
+        tasks: list[str] | None = None,
+        task_names: list[str] | None = None,
+        protect_outputs: bool = True,
+    ) -> Any:
+        from nni.compression.pruning import L1NormPruner, L2NormPruner
+        from torch import nn
+
+        from adapters.nni import plain_copy, speedup
+        from adapters.torch_pruning import output_layers
+        from cut_plugin import select_tasks
+        from cut_plugin.vocabulary import check_ratio
+
+        ratio = check_ratio(pruning_ratio)
+        selected = (
+            plain_copy(model)
+            if tasks is None
+            else select_tasks(model, tasks, task_names=task_names)
+        )
+        protected = (
+            set(output_layers(selected, example_inputs).values()) if protect_outputs else set()
+        )
+        names = [
+            n
+            for n, m in selected.named_modules()
+            if isinstance(m, nn.Conv2d | nn.Linear) and m not in protected
+        ]
+        config = [{"op_names": names, "sparse_ratio": ratio, "granularity": "out_channel"}]
+        pruner = (L1NormPruner if p == 1 else L2NormPruner)(selected, config)
+        _, masks = pruner.compress()
+        pruner.unwrap_model()
+        return speedup(selected, masks, example_inputs)
+
+    prune.__doc__ = (
+        f"NNI's L{p}NormPruner on every conv/linear output channel of a copy of ``model`` "
+        "(of ``select_tasks(model, tasks)`` when ``tasks`` is given; task output layers kept), "
+        "then ``adapters.nni.speedup``: the compact model."
+    )
+    return prune

@@ -1,4 +1,4 @@
-"""``python -m benchmarks run --suite quick|full [--out DIR] [--seed N]``, ``list``, ``readme``."""
+"""``python -m benchmarks run --suite quick|full [--parts ...] [--out DIR] [--seed N] [--device cpu|cuda]``, ``list``, ``readme``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.report import summarise, update_readme, write_results
-from benchmarks.suites import SUITES, run_suite
+from benchmarks.suites import DEVICES, SUITES, run_suite
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--parts", nargs="+", default=None, help="run only these parts of the suite")
+    run.add_argument("--device", default="cpu", choices=DEVICES, help="cpu (cuda: not yet)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     commands.add_parser("list", help="list the suites and their parts")
     readme = commands.add_parser(
@@ -38,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"updated {args.readme} from {args.results}")
         return 0
     out = args.out or Path("bench-out") / args.suite
-    results = run_suite(args.suite, seed=args.seed, progress=not args.no_progress, parts=args.parts)
+    results = run_suite(
+        args.suite,
+        seed=args.seed,
+        progress=not args.no_progress,
+        parts=args.parts,
+        device=args.device,
+    )
     write_results(results, out)
     print(
         f"\nsuite {args.suite!r}: {results['run_info']['seconds']:.0f} s; wrote {out}/results.json, report.md, plots"

@@ -1,40 +1,36 @@
 """The CUT table: a pre-trained multi-task model pruned for a subset of its tasks.
 
-Every method gets the same pre-trained model, the same decomposition (unselected
-heads dropped, output layers protected), the same scoring data and the same
-fine-tuning budget; only how parameters are chosen differs. Rows are methods,
-columns per-task accuracy (before and after fine-tuning), parameters, MACs, CPU
-latency (batch 1 and 64) and the method's own run time.
+Every method (``benchmarks.cut_methods``) gets the same pre-trained model, the
+same decomposition (unselected heads dropped, output layers protected), the
+same scoring data and the same fine-tuning budget; only how parameters are
+chosen differs. Rows are methods, columns per-task accuracy (before and after
+fine-tuning), parameters, MACs, CPU latency (batch 1 and 64) and the method's
+own run time.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-import adapters.torch_pruning as atp
+from adapters.torch_pruning import count_macs
+from benchmarks.cut_methods import CUT_METHODS, Context
 from benchmarks.data import TaskData, batches, load_data
+from benchmarks.markdown import number, percent, table
 from benchmarks.measure import latency_ms, timed
+from benchmarks.part import Part
 from benchmarks.training import evaluate, pretrained
-from cut_plugin import (
-    apply_masks,
-    finetune,
-    mask_sparsity,
-    prunable_weights,
-    score_tasks,
-    select_tasks,
-)
-from cut_plugin.fusion import top_mask
+from cut_plugin import finetune, mask_sparsity, select_tasks
 
-__all__ = ["CUT_METHODS", "CUTSuiteConfig", "run_cut_suite"]
+__all__ = ["CUT_METHODS", "PART", "CUTSuiteConfig", "cut_summaries", "cut_tables", "run_cut_suite"]
 
 
 @dataclass(frozen=True)
@@ -68,165 +64,10 @@ class CUTSuiteConfig:
             raise ValueError("subsets is empty: give at least one tuple of tasks")
 
 
-@dataclass
-class Context:
-    """What a method gets: the pre-trained model, data, the selected tasks and the ratio."""
-
-    model: nn.Module
-    data: TaskData
-    tasks: list[str]
-    ratio: float
-    config: CUTSuiteConfig
-    seed: int
-
-    def losses(self) -> dict[str, Callable]:
-        return {t: fn for t, fn in self.data.losses().items() if t in self.tasks}
-
-    def score_data(self) -> Iterator:
-        return itertools.islice(
-            batches(self.data.train, self.config.batch_size, seed=self.seed + 17),
-            self.config.score_batches,
-        )
-
-    def example(self) -> torch.Tensor:
-        return self.data.train.inputs[:1]
-
-    def fresh_model(self) -> nn.Module:
-        """The same architecture at a fresh random initialisation (for the at-init baselines)."""
-        fresh = copy.deepcopy(self.model)
-        torch.manual_seed(self.seed + 1)
-        for module in fresh.modules():
-            if hasattr(module, "reset_parameters") and module is not fresh:
-                module.reset_parameters()
-        return fresh
-
-
-Method = Callable[[Context], tuple[nn.Module, dict[str, torch.Tensor] | None]]
-
-
-def _cut(rule: str, granularity: str = "channel") -> Method:
-    """CUT (``rule="vote"``) or DiSparse (``"any"``) through ``cut_prune``."""
-
-    def method(ctx: Context) -> tuple[nn.Module, dict | None]:
-        pruned = atp.cut_prune(
-            ctx.model,
-            ctx.example(),
-            tasks=ctx.tasks,
-            losses=ctx.losses(),
-            data=list(ctx.score_data()),
-            pruning_ratio=ctx.ratio,
-            granularity=granularity,
-            rule=rule,
-            progress=False,
-        )
-        return pruned, getattr(pruned, "cut_pam_masks", None)
-
-    return method
-
-
-def _tp(importance: str) -> Method:
-    def method(ctx: Context) -> tuple[nn.Module, None]:
-        compact = atp.baseline_prune(
-            ctx.model,
-            ctx.example(),
-            tasks=ctx.tasks,
-            pruning_ratio=ctx.ratio,
-            importance=importance,
-            losses=ctx.losses(),
-            data=list(ctx.score_data()),
-        )
-        return compact, None
-
-    return method
-
-
-def _global_masks(
-    model: nn.Module, scores: dict[str, torch.Tensor], ratio: float
-) -> dict[str, torch.Tensor]:
-    names = list(scores)
-    keep = top_mask(torch.cat([scores[n].reshape(-1) for n in names]), 1.0 - ratio)
-    pieces = keep.split([scores[n].numel() for n in names])
-    return {n: m.reshape(scores[n].shape) for n, m in zip(names, pieces, strict=True)}
-
-
-def _magnitude(ctx: Context) -> tuple[nn.Module, dict]:
-    """One-shot global magnitude pruning of the pre-trained model (the CUT paper's "LTH")."""
-    selected = select_tasks(ctx.model, ctx.tasks)
-    scores = {n: w.detach().abs() for n, w in prunable_weights(selected).items()}
-    masks = _global_masks(selected, scores, ctx.ratio)
-    return apply_masks(selected, masks, inplace=True), masks
-
-
-def _snip_at_init(ctx: Context) -> tuple[nn.Module, dict]:
-    """SNIP at a fresh initialisation: |w·∂(Σ_t L_t)/∂w| summed over tasks, global top."""
-    selected = select_tasks(ctx.fresh_model(), ctx.tasks)
-    per_task = score_tasks(selected, ctx.score_data(), ctx.losses(), progress=False)
-    weights = prunable_weights(selected)
-    scores = {n: sum(s[n] for s in per_task.values() if n in s) for n in weights}
-    masks = _global_masks(selected, scores, ctx.ratio)  # type: ignore[arg-type]
-    return apply_masks(selected, masks, inplace=True), masks
-
-
-def _random_at_init(ctx: Context) -> tuple[nn.Module, dict]:
-    selected = select_tasks(ctx.fresh_model(), ctx.tasks)
-    generator = torch.Generator().manual_seed(ctx.seed + 2)
-    scores = {
-        n: torch.rand(w.shape, generator=generator) for n, w in prunable_weights(selected).items()
-    }
-    masks = _global_masks(selected, scores, ctx.ratio)
-    return apply_masks(selected, masks, inplace=True), masks
-
-
-def _scratch(ctx: Context) -> tuple[nn.Module, None]:
-    """Control: CUT's compact architecture re-initialised, trained with the same budget."""
-    compact, _ = _cut("vote")(ctx)
-    torch.manual_seed(ctx.seed + 3)
-    for module in compact.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return compact, None
-
-
-def _nni_l1(ctx: Context) -> tuple[nn.Module, None]:
-    """NNI's L1NormPruner on the selected model's trunk convs, then ``adapters.nni.speedup``."""
-    from nni.compression.pruning import L1NormPruner
-
-    from adapters.nni import speedup
-
-    selected = select_tasks(ctx.model, ctx.tasks)
-    protected = set(atp.output_layers(selected, ctx.example()).values())
-    names = [
-        n
-        for n, m in selected.named_modules()
-        if isinstance(m, nn.Conv2d | nn.Linear) and m not in protected
-    ]
-    config = [{"op_names": names, "sparse_ratio": ctx.ratio, "granularity": "out_channel"}]
-    pruner = L1NormPruner(selected, config)
-    _, masks = pruner.compress()
-    pruner.unwrap_model()
-    return speedup(selected, masks, ctx.example()), None
-
-
-CUT_METHODS: dict[str, Method] = {
-    "scratch": _scratch,
-    "nni-l1": _nni_l1,
-    "cut": _cut("vote"),
-    "disparse": _cut("any"),
-    "cut-weight": _cut("vote", "weight"),
-    "disparse-weight": _cut("any", "weight"),
-    "tp-magnitude": _tp("magnitude"),
-    "tp-taylor": _tp("taylor"),
-    "magnitude-weight": _magnitude,
-    "snip-init-weight": _snip_at_init,
-    "random-init-weight": _random_at_init,
-}
-"""Method name → ``(Context) -> (pruned model, masks or None)``. ``-weight``: unstructured."""
-
-
 def _measure(model: nn.Module, ctx: Context) -> dict[str, float]:
     x1 = ctx.data.test.inputs[:1]
     x64 = ctx.data.test.inputs[:64]
-    macs, params = atp.count_macs(model, x1)
+    macs, params = count_macs(model, x1)
     return {
         "macs": macs,
         "params": params,
@@ -303,3 +144,101 @@ def run_cut_suite(
 def _cycle_batches(data: TaskData, batch_size: int, seed: int) -> Iterator:
     for epoch in itertools.count():
         yield from batches(data.train, batch_size, seed=seed * 7919 + epoch)
+
+
+def _tables(rows: list[dict[str, Any]]) -> dict[tuple, list[dict]]:
+    """The pruned rows per (task subset, ratio), in run order."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["method"] != "dense":
+            groups.setdefault((tuple(row["tasks"]), row["ratio"]), []).append(row)
+    return groups
+
+
+def _mean_accuracy(row: dict[str, Any]) -> float:
+    return sum(row["accuracy"].values()) / len(row["accuracy"])
+
+
+def cut_tables(cut: dict[str, Any]) -> str:
+    """One table per (task subset, ratio): methods as rows."""
+    out = []
+    dense = {tuple(r["tasks"]): r for r in cut["rows"] if r["method"] == "dense"}
+    for (tasks, ratio), group in _tables(cut["rows"]).items():
+        base = dense.get(tasks)
+        header = ["method", "granularity"]
+        header += [f"{t} acc (before FT)" for t in tasks]
+        header += ["params", "MACs", "lat b1 (ms)", "lat b64 (ms)", "speed-up b64 / MAC red.",
+                   "run time (s)"]  # fmt: skip
+        body = []
+        for row in ([base] if base else []) + group:
+            efficiency = "–"
+            if base and row is not base and row["granularity"] == "channel":
+                speedup = base["latency_b64_ms"] / row["latency_b64_ms"]
+                reduction = base["macs"] / row["macs"]
+                efficiency = f"{speedup:.2f}× / {reduction:.2f}× = {speedup / reduction:.2f}"
+            cells = [row["method"], row["granularity"]]
+            cells += [
+                f"{percent(row['accuracy'][t])} ({percent(row['accuracy_before_finetune'][t])})"
+                for t in tasks
+            ]
+            cells += [
+                number(row["params"]), number(row["macs"]), f"{row['latency_b1_ms']:.2f}",
+                f"{row['latency_b64_ms']:.2f}", efficiency, f"{row['method_seconds']:.1f}",
+            ]  # fmt: skip
+            body.append(cells)
+        out.append(
+            f"#### Tasks {' + '.join(tasks)}, pruning ratio {ratio}\n\n" + table(header, body)
+        )
+    return "\n\n".join(out)
+
+
+def cut_summaries(cut: dict[str, Any]) -> list[str]:
+    """One line per table: its best method by mean accuracy and by how much."""
+    lines = []
+    for (tasks, ratio), rows in _tables(cut["rows"]).items():
+        ranked = sorted(rows, key=_mean_accuracy, reverse=True)
+        best, second = ranked[0], ranked[1] if len(ranked) > 1 else None
+        gap = (
+            f", {100 * (_mean_accuracy(best) - _mean_accuracy(second)):+.2f} points over "
+            f"{second['method']}"
+            if second
+            else ""
+        )
+        lines.append(
+            f"CUT table ({'+'.join(tasks)}, ratio {ratio}): best mean accuracy "
+            f"{100 * _mean_accuracy(best):.2f}% by {best['method']}{gap}"
+        )
+    return lines
+
+
+def plot_cut(cut: dict[str, Any], out: Path, plt: Any) -> list[str]:
+    """Accuracy and batch-64 latency against MACs, one point per row; the file name."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method in sorted({r["method"] for r in cut["rows"]}):
+        rows = [r for r in cut["rows"] if r["method"] == method]
+        macs = [r["macs"] / 1e6 for r in rows]
+        left.scatter(macs, [100 * _mean_accuracy(r) for r in rows], label=method)
+        right.scatter(macs, [r["latency_b64_ms"] for r in rows], label=method)
+    left.set(
+        xlabel="MACs (M)",
+        ylabel="mean accuracy of the selected tasks (%)",
+        title="Accuracy vs MACs",
+    )
+    right.set(xlabel="MACs (M)", ylabel="latency at batch 64 (ms)", title="CPU latency vs MACs")
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    name = "cut_accuracy_latency_vs_macs.png"
+    fig.savefig(Path(out) / name, dpi=120)
+    plt.close(fig)
+    return [name]
+
+
+PART = Part(
+    name="cut",
+    title="CUT: prune a pre-trained multi-task model for a subset of tasks",
+    config=CUTSuiteConfig,
+    run=run_cut_suite,
+    render=cut_tables,
+    summary=cut_summaries,
+    plots=plot_cut,
+)

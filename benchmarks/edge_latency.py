@@ -29,13 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapters.torch_pruning import count_macs, cut_prune
+from adapters.registry import build
+from adapters.torch_pruning import count_macs
 from benchmarks.measure import environment, git_sha, latency_ms
 from benchmarks.models import MODELS, build_model
-from cut_plugin.export import EXPORTERS, check_onnx, export_onnx
+from benchmarks.part import Part
+from cut_plugin import EXPORTERS, check_onnx, export_onnx
 from cut_plugin.vocabulary import check_ratio
 
-__all__ = ["EdgeConfig", "main", "ort_latency_ms", "render_edge", "run_edge_latency"]
+__all__ = ["PART", "EdgeConfig", "main", "ort_latency_ms", "render_edge", "run_edge_latency"]
 
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {
     "resnet18": {"width": 16, "blocks": [1, 1, 1, 1]},
@@ -133,9 +135,10 @@ def _variants(config: EdgeConfig, name: str, seed: int) -> dict[str, nn.Module]:
         name, tasks=dict(config.tasks), input_size=config.input_size, **config.models[name]
     ).eval()
     kept = list(config.kept_tasks or config.tasks)
-    compact = cut_prune(
-        dense,
-        (_inputs(2, config.input_size, seed),),
+    compact = build(
+        {"prune": "cut", "framework": "torch_pruning"},
+        model=dense,
+        example_inputs=(_inputs(2, config.input_size, seed),),
         tasks=kept,
         losses=dict.fromkeys(kept, F.cross_entropy),
         data=_random_batches(config, seed),
@@ -313,6 +316,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(render_edge(results))
     return results
 
+
+PART = Part(
+    name="edge",
+    title="Edge: dense vs compact in PyTorch and onnxruntime (one CPU thread)",
+    config=EdgeConfig,
+    run=run_edge_latency,
+    render=render_edge,
+)
 
 if __name__ == "__main__":
     main()

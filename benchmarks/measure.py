@@ -120,12 +120,11 @@ def git_sha() -> str:
 def environment() -> dict[str, Any]:
     """Versions and machine facts for ``meta_info``."""
     import numpy
-    import torch_pruning
 
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torch_pruning": getattr(torch_pruning, "__version__", "unknown"),
+        "torch_pruning": "unknown",
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

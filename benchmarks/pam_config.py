@@ -8,9 +8,9 @@ from functools import partial
 from typing import Any
 
 from adapters.torch_pruning import PRUNED_GROUPS
-from pam_plugin.validation import check_choice, check_int, check_number
+from cut_plugin.vocabulary import check_choice, check_int, check_number
 
-__all__ = ["FULL_PAM", "PAM_GROUPINGS", "PAM_PRUNERS", "PAM_SPLITS", "QUICK_PAM", "PAMSuiteConfig"]
+__all__ = ["PAM_GROUPINGS", "PAM_PRUNERS", "PAM_SPLITS", "PAMSuiteConfig"]
 
 PAM_SPLITS: tuple[str, ...] = ("class_split", "class_split5")
 PAM_PRUNERS: tuple[str, ...] = ("taylor", "magnitude")
@@ -88,11 +88,3 @@ class PAMSuiteConfig:
     def methods(self) -> list[str]:
         """The table's columns for this config."""
         return ["no-merge", "mtz", *(f"pam-{g}" for g in self.groupings)]
-
-
-QUICK_PAM = PAMSuiteConfig()
-"""2 tasks (0–4 / 5–9), Taylor, paper grouping (the same as subsets for 2 tasks)."""
-FULL_PAM = PAMSuiteConfig(
-    splits=PAM_SPLITS, pruners=PAM_PRUNERS, groupings=PAM_GROUPINGS, max_pruning_steps=40
-)
-"""2 and 5 tasks, Taylor and magnitude, paper and subsets groupings."""

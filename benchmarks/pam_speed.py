@@ -20,9 +20,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from pam_plugin import PAMMerger, irrelevant_set
-from pam_plugin.activations import record_activations
-from pam_plugin.construction import Prepared
+from adapters.registry import build
+from pam_plugin import irrelevant_set
 
 T = TypeVar("T")
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -51,6 +50,27 @@ def vgg16(classes: int, size: int, seed: int) -> nn.Module:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return network.eval()
+
+
+@torch.no_grad()
+def layer_features(network: nn.Module, layer: str, x: Tensor) -> Tensor:
+    """``(B, C, 1)``: per sample, each channel's largest post-ReLU value at module ``layer``.
+
+    What PAM's search sees for a conv followed by a ReLU (a max over the spatial
+    positions; max and ReLU commute), recorded with a forward hook.
+    """
+    found: list[Tensor] = []
+    hook = network.get_submodule(layer).register_forward_hook(
+        lambda module, inputs, output: found.append(output)
+    )
+    try:
+        network(x)
+    finally:
+        hook.remove()
+    values = torch.relu(found[0])
+    if values.dim() > 2:
+        values = values.flatten(2).amax(dim=2)
+    return values.float().unsqueeze(-1)
 
 
 def _timed(function: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
@@ -99,23 +119,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     labels = {t: torch.randint(0, 10, (options.samples,)) for t in ("A", "B")}
     networks = {t: vgg16(10, options.size, options.seed + k) for k, t in enumerate(labels)}
 
-    prepared = Prepared(networks, x, min_samples=2)
-    space = next(s for s in prepared.architecture.hidden_spaces if s.name == options.layer)
-    pooled = torch.cat(
-        [
-            record_activations(prepared.graphs[t], prepared.architecture, prepared.inputs)[
-                space.index
-            ]
-            for t in labels
-        ],
-        dim=1,
-    )
+    pooled = torch.cat([layer_features(networks[t], options.layer, x) for t in labels], dim=1)
     search = search_speed(pooled, labels["A"], options.search_alpha)
 
-    merger = PAMMerger(alpha_conv=options.alpha_conv, alpha_fc=options.alpha_fc)
+    merger = build(
+        {"merger": "pam", "alpha_conv": options.alpha_conv, "alpha_fc": options.alpha_fc}
+    )
     merged, merge_time = _timed(merger.merge, networks, x, labels)
-    shared = sum(sizes.get("shared", 0) for sizes in merged.group_sizes())
-    total = sum(sum(sizes.values()) for sizes in merged.group_sizes())
+    shared = sum(sizes.get("shared", 0) for sizes in merged.group_sizes().values())
+    total = sum(sum(sizes.values()) for sizes in merged.group_sizes().values())
 
     rows = [
         (f"search, layer {options.layer} ({pooled.shape[1]} neurons, B={options.samples})", "steps", f"{search['steps']:.0f}"),

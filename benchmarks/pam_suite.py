@@ -51,33 +51,25 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch_pruning as tp
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from adapters.torch_pruning import prune_merged
+from adapters.registry import build
 from benchmarks.data import IGNORE_INDEX, Split, TaskData, batches, load_data
-from benchmarks.pam_config import FULL_PAM, PAM_PRUNERS, PAM_SPLITS, QUICK_PAM, PAMSuiteConfig
+from benchmarks.pam_config import PAM_PRUNERS, PAM_SPLITS, PAMSuiteConfig
+from benchmarks.pam_render import pam_summaries, plot_pam, render_pam
+from benchmarks.part import Part
 from benchmarks.training import evaluate, pretrained
 from pam_plugin import (
     Cost,
     MergedNetwork,
-    MTZMerger,
-    PAMMerger,
     build_merged,
     combination_costs,
     network_cost,
     retrain,
 )
 
-__all__ = [
-    "FULL_PAM",
-    "PAM_PRUNERS",
-    "PAM_SPLITS",
-    "QUICK_PAM",
-    "PAMSuiteConfig",
-    "run_pam_suite",
-]
+__all__ = ["PAM_PRUNERS", "PAM_SPLITS", "PART", "PAMSuiteConfig", "run_pam_suite"]
 
 
 def _task_loss(output: Tensor, target: Tensor) -> Tensor:
@@ -85,12 +77,6 @@ def _task_loss(output: Tensor, target: Tensor) -> Tensor:
     if bool((target == IGNORE_INDEX).all()):
         return output.sum() * 0.0
     return F.cross_entropy(output, target, ignore_index=IGNORE_INDEX)
-
-
-def _importance(pruner: str) -> tp.importance.Importance:
-    if pruner == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    return tp.importance.GroupMagnitudeImportance()
 
 
 def _own(split: Split, task: str) -> Split:
@@ -177,9 +163,9 @@ def _relaxed(ctx: _Context, attempts: list[Attempt]) -> tuple[MergedNetwork | No
     """
     chosen: tuple[MergedNetwork, dict[str, Any]] | None = None
     tried: list[dict[str, Any]] = []
-    for setting, build in attempts:
+    for setting, make in attempts:
         try:
-            merged = build()
+            merged = make()
         except ValueError as error:  # PAM: a task kept no neuron
             tried.append({**setting, "error": str(error)})
             continue
@@ -205,7 +191,7 @@ def _candidates(ctx: _Context) -> tuple[dict[str, dict[str, MergedNetwork]], dic
     }
     plans: dict[str, list[Attempt]] = {
         "mtz": [
-            ({"share": s}, partial(MTZMerger(share=s).merge, networks, example))
+            ({"share": s}, partial(build({"merger": "mtz", "share": s}).merge, networks, example))
             for s in config.mtz_shares
         ]
     }
@@ -213,7 +199,7 @@ def _candidates(ctx: _Context) -> tuple[dict[str, dict[str, MergedNetwork]], dic
         plans[f"pam-{grouping}"] = []
         for scale in config.alpha_scales:
             alphas = {"alpha_conv": config.alpha_conv * scale, "alpha_fc": config.alpha_fc * scale}
-            merger = PAMMerger(**alphas, grouping=grouping)  # type: ignore[arg-type]
+            merger = build({"merger": "pam", **alphas, "grouping": grouping})
             merge = partial(merger.merge, networks, example, ctx.merge_labels)
             plans[f"pam-{grouping}"].append((alphas, merge))
     merges: dict[str, dict] = {}
@@ -244,9 +230,10 @@ def _prune_until(
     misses = 0 if ctx.meets(accuracy) else config.patience
     while misses < config.patience and len(history) <= config.max_pruning_steps:
         step = len(history)
-        candidate = prune_merged(
-            current, example, importance=_importance(pruner), pruning_ratio=config.step_ratio,
-            groups=config.pruned_groups, **gradients,  # type: ignore[arg-type]
+        candidate = build(
+            {"prune": "merged", "framework": "torch_pruning", "criterion": pruner},
+            model=current, example_inputs=example, pruning_ratio=config.step_ratio,
+            pruned_groups=config.pruned_groups, **gradients,
         )  # fmt: skip
         candidate_macs = network_cost(candidate, example[:1]).macs
         if candidate_macs > (1.0 - config.min_step_reduction) * last_macs:  # layers near 1 channel
@@ -378,3 +365,14 @@ def run_pam_suite(
         "runs": [r for p in parts.values() for r in p["runs"]],
         "summary": [s for p in parts.values() for s in p["summary"]],
     }
+
+
+PART = Part(
+    name="pam",
+    title="PAM: merge single-task networks, then prune (every task combination)",
+    config=PAMSuiteConfig,
+    run=run_pam_suite,
+    render=render_pam,
+    summary=pam_summaries,
+    plots=lambda metrics, out, plt: plot_pam({"metrics": {"pam": metrics}}, out, plt),
+)

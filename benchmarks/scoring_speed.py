@@ -16,11 +16,13 @@ import torch
 from torch import nn
 
 from benchmarks.data import batches, load_data
+from benchmarks.markdown import table
 from benchmarks.measure import peak_memory
 from benchmarks.models import build_model
+from benchmarks.part import Part
 from cut_plugin import score_tasks
 
-__all__ = ["ScoringConfig", "run_scoring_speed"]
+__all__ = ["PART", "ScoringConfig", "render_scoring", "run_scoring_speed", "scoring_summaries"]
 
 
 @dataclass(frozen=True)
@@ -81,54 +83,38 @@ def run_scoring_speed(
     return summary
 
 
-def run_scoring_memory(
-    *,
-    widths: tuple[int, ...] = (8, 16, 32),
-    counts: tuple[int, ...] = (4, 16),
-    seed: int = 0,
-    batch_size: int = 64,
-) -> dict[str, Any]:
-    """Peak RSS growth of ``score_tasks`` by model width × number of batches.
-
-    The accumulators are one tensor per parameter per task, so the peak should
-    grow with the model and stay flat in the number of batches.
-    """
-    data = load_data("multi_head", seed=seed)
-    losses = data.losses()
-    all_batches = list(itertools.islice(batches(data.train, batch_size, seed=seed), max(counts)))
-    rows = []
-    for width in widths:
-        torch.manual_seed(seed)
-        model = build_model(
-            "resnet18", tasks=data.num_classes, width=width, blocks=[1, 1, 1, 1]
-        ).eval()
-        params = sum(p.numel() for p in model.parameters())
-        for count in counts:
-            peak, seconds = peak_memory(
-                lambda model=model, count=count: score_tasks(
-                    model, all_batches[:count], losses, progress=False
-                )
-            )
-            rows.append(
-                {
-                    "width": width,
-                    "params": params,
-                    "batches": count,
-                    "peak_mib": peak,
-                    "seconds": seconds,
-                }
-            )
-    return {"rows": rows, "batch_size": batch_size}
+def render_scoring(scoring: dict[str, Any]) -> str:
+    """Markdown: time and peak memory of the plain loop and of ``score_tasks``, and their ratio."""
+    s, p = scoring["score_tasks"], scoring["plain_loop"]
+    memory = scoring.get("memory_ratio")
+    return table(
+        ["", "time (s)", "peak RSS growth (MiB)"],
+        [
+            [
+                "plain loop (1 forward + 1 backward per task)",
+                f"{p['seconds']:.2f}",
+                f"{p['peak_mib']:.1f}",
+            ],
+            ["`score_tasks`", f"{s['seconds']:.2f}", f"{s['peak_mib']:.1f}"],
+            ["ratio", f"{scoring['time_ratio']:.2f}", f"{memory:.2f}" if memory else "–"],
+        ],
+    )
 
 
-def render_memory(metrics: dict[str, Any]) -> str:
-    """Markdown: peak memory of score_tasks per width (rows) and batch count (columns)."""
-    counts = sorted({r["batches"] for r in metrics["rows"]})
-    header = "| width | params | " + " | ".join(f"{c} batches (MiB)" for c in counts) + " |"
-    lines = [header, "|" + "---|" * (2 + len(counts))]
-    for width in sorted({r["width"] for r in metrics["rows"]}):
-        rows = {r["batches"]: r for r in metrics["rows"] if r["width"] == width}
-        first = next(iter(rows.values()))
-        cells = " | ".join(f"{rows[c]['peak_mib']:.1f}" for c in counts)
-        lines.append(f"| {width} | {first['params']:,} | {cells} |")
-    return "\n".join(lines)
+def scoring_summaries(scoring: dict[str, Any]) -> list[str]:
+    """One line: the time (and memory) ratio of ``score_tasks`` to the plain loop."""
+    memory = scoring.get("memory_ratio")
+    return [
+        f"score_tasks vs plain loop: time ×{scoring['time_ratio']:.2f}"
+        + (f", peak memory ×{memory:.2f}" if memory else "")
+    ]
+
+
+PART = Part(
+    name="scoring",
+    title="Overhead of `score_tasks`",
+    config=ScoringConfig,
+    run=run_scoring_speed,
+    render=render_scoring,
+    summary=scoring_summaries,
+)

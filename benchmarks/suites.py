@@ -1,145 +1,116 @@
-"""The benchmark suites: which tables run with which sizes. ``quick`` is ``make demo``."""
+"""The benchmark suites: which parts run with which settings. ``quick`` is ``make demo``.
+
+The suites are data (``suites.json``: ``{suite: {"description", "parts": {part:
+settings}}}``); each part's settings become its config (:meth:`Part.configure`)
+and are validated before anything runs.
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from benchmarks.cut_suite import CUTSuiteConfig, run_cut_suite
-from benchmarks.edge_latency import EdgeConfig, render_edge, run_edge_latency
 from benchmarks.measure import environment, git_sha
-from benchmarks.pam_render import pam_summaries, plot_pam, render_pam
-from benchmarks.pam_suite import FULL_PAM, QUICK_PAM, run_pam_suite
-from benchmarks.report import PLOTS, register_section
-from benchmarks.scoring_speed import (
-    ScoringConfig,
-    render_memory,
-    run_scoring_memory,
-    run_scoring_speed,
-)
-from benchmarks.speedup import render_speedup, run_speedup, speedup_summaries
+from benchmarks.parts import PART_ALIASES, PARTS
 
-__all__ = ["SUITES", "Suite", "run_suite"]
+__all__ = ["DEVICES", "SUITES", "SUITES_FILE", "Suite", "load_suites", "run_suite"]
+
+SUITES_FILE = Path(__file__).with_name("suites.json")
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
 class Suite:
-    """Named parts, each ``(seed, progress) -> metrics``; ``description`` for ``list``."""
+    """Named parts and their settings (as data); ``description`` for ``list``."""
 
     description: str
-    parts: dict[str, Callable[[int, bool], Any]] = field(default_factory=dict)
+    parts: Mapping[str, Mapping[str, Any]]
+
+    def configs(self) -> dict[str, Any]:
+        """``{part: config}``, every setting validated by the part's config."""
+        return {name: PARTS[name].configure(settings) for name, settings in self.parts.items()}
 
 
-QUICK_CUT = CUTSuiteConfig(
-    methods=(
-        "cut",
-        "disparse",
-        "tp-magnitude",
-        "tp-taylor",
-        "nni-l1",
-        "cut-weight",
-        "disparse-weight",
-        "magnitude-weight",
-    ),
-)
-FULL_CUT = CUTSuiteConfig(
-    subsets=(("digit", "parity"), ("parity", "ge5"), ("digit", "parity", "mod3")),
-    ratios=(0.3, 0.5, 0.7, 0.9),
-    methods=(
-        "cut", "disparse", "tp-magnitude", "tp-taylor", "nni-l1", "scratch", "cut-weight", "disparse-weight",
-        "magnitude-weight", "snip-init-weight", "random-init-weight",
-    ),
-    pretrain_epochs=10,
-    score_batches=50,
-    finetune_steps=300,
-)  # fmt: skip
-
-QUICK_EDGE = EdgeConfig(
-    models={"resnet18": {"width": 16, "blocks": [1, 1, 1, 1]}}, repeats=10, rounds=2
-)
-
-SUITES: dict[str, Suite] = {
-    "quick": Suite(
-        "CUT on MNIST-5k multi-head (digit+parity, 50 %, 8 methods); score_tasks overhead; latency vs MACs by width; PAM vs MTZ vs no merging (2 tasks); edge latency",
-        {
-            "cut": lambda seed, progress: run_cut_suite(QUICK_CUT, seed=seed, progress=progress),
-            "scoring": lambda seed, progress: run_scoring_speed(
-                ScoringConfig(), seed=seed, progress=progress
-            ),
-            "speedup": lambda seed, progress: run_speedup(seed=seed),
-            "pam": lambda seed, progress: run_pam_suite(QUICK_PAM, seed=seed, progress=progress),
-            "edge": lambda seed, progress: run_edge_latency(
-                QUICK_EDGE, seed=seed, progress=progress
-            ),
-        },
-    ),
-    "full": Suite(
-        "CUT: 3 task subsets x ratios 0.3/0.5/0.7/0.9 x 11 methods; score_tasks time and memory; latency vs MACs by width; PAM 2 and 5 tasks x 2 pruners x paper/subsets grouping; edge latency",
-        {
-            "cut": lambda seed, progress: run_cut_suite(FULL_CUT, seed=seed, progress=progress),
-            "scoring": lambda seed, progress: run_scoring_speed(
-                ScoringConfig(batches=30), seed=seed, progress=progress
-            ),
-            "speedup": lambda seed, progress: run_speedup(widths=(16, 32, 64, 128), seed=seed),
-            "pam": lambda seed, progress: run_pam_suite(FULL_PAM, seed=seed, progress=progress),
-            "scoring_memory": lambda seed, progress: run_scoring_memory(seed=seed),
-            "edge": lambda seed, progress: run_edge_latency(
-                EdgeConfig(), seed=seed, progress=progress
-            ),
-        },
-    ),
-}
+def load_suites(path: str | Path = SUITES_FILE) -> dict[str, Suite]:
+    """The suites of a JSON file ``{suite: {"description": str, "parts": {part: settings}}}``."""
+    raw = json.loads(Path(path).read_text())
+    suites = {}
+    for name, entry in raw.items():
+        unknown = [p for p in entry["parts"] if p not in PARTS]
+        if unknown:
+            raise ValueError(
+                f"suite {name!r} in {path} names unknown part(s) {unknown}; parts are {list(PARTS)}"
+            )
+        suites[name] = Suite(entry["description"], dict(entry["parts"]))
+    return suites
 
 
-register_section(
-    "pam",
-    "PAM: merge single-task networks, then prune (every task combination)",
-    render_pam,
-    pam_summaries,
-)
-PLOTS.append(plot_pam)
-register_section(
-    "speedup", "Latency speed-up against MAC reduction, by width", render_speedup, speedup_summaries
-)
-register_section(
-    "edge", "Edge: dense vs compact in PyTorch and onnxruntime (one CPU thread)", render_edge
-)
-register_section(
-    "scoring_memory",
-    "Peak memory of `score_tasks`: grows with the model, not the data",
-    render_memory,
-)
+SUITES: dict[str, Suite] = load_suites()
 
 
-def run_suite(
-    name: str, *, seed: int = 0, progress: bool = True, parts: list[str] | None = None
-) -> dict[str, Any]:
-    """Run suite ``name``; return ``{"run_info", "metrics", "meta_info"}``."""
-    if name not in SUITES:
-        raise ValueError(f"unknown suite {name!r}; choose from {sorted(SUITES)}")
-    suite = SUITES[name]
-    chosen = list(suite.parts) if parts is None else parts
+def _chosen_parts(name: str, suite: Suite, parts: list[str] | None) -> list[str]:
+    chosen = []
+    for part in list(suite.parts) if parts is None else parts:
+        if part in PART_ALIASES:
+            warnings.warn(
+                f"part {part!r} is now called {PART_ALIASES[part]!r}",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            part = PART_ALIASES[part]
+        chosen.append(part)
     unknown = [p for p in chosen if p not in suite.parts]
     if unknown:
         raise ValueError(
             f"suite {name!r} has no part(s) {unknown}; its parts are {list(suite.parts)}"
         )
+    return chosen
+
+
+def run_suite(
+    name: str,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    parts: list[str] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Run suite ``name``; return ``{"run_info", "metrics", "meta_info"}``.
+
+    ``device``: only ``"cpu"`` today (the protocol's latencies are CPU latencies);
+    ``"cuda"`` is refused with an error rather than silently measured on the CPU.
+    """
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; choose from {sorted(SUITES)}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
+    if device != "cpu":
+        raise ValueError(
+            f"device {device!r}: the benchmark parts run on the CPU only for now; use --device cpu"
+        )
+    suite = SUITES[name]
+    chosen = _chosen_parts(name, suite, parts)
+    configs = suite.configs()  # every part's settings checked before the first one runs
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     metrics: dict[str, Any] = {}
     part_seconds: dict[str, float] = {}
     for part in chosen:
         t0 = time.perf_counter()
-        metrics[part] = suite.parts[part](seed, progress)
+        metrics[part] = PARTS[part].run(configs[part], seed=seed, progress=progress)
         part_seconds[part] = time.perf_counter() - t0
     return {
         "run_info": {
             "suite": name,
             "parts": chosen,
             "seed": seed,
+            "device": device,
             "git_sha": git_sha(),
             "started": started,
             "seconds": time.perf_counter() - start,

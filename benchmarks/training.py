@@ -20,15 +20,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from benchmarks.data import IGNORE_INDEX, Split, TaskData, batches, load_data
 from benchmarks.models import build_model
+from cut_plugin import train_tasks
+from cut_plugin.vocabulary import Loss, check_int
 
 CODE_VERSION = "zoo-1"
 """Part of every cache key: change it when a model, dataset or training detail changes."""
 
-Loss = Callable[[Tensor, Tensor], Tensor]
 Batch = tuple[Tensor, Mapping[str, Tensor]]
 
 
@@ -41,15 +41,6 @@ def _as_dict(output: Any, tasks: Iterable[str]) -> dict[str, Tensor]:
     raise TypeError(
         f"the model returned {type(output).__name__}; a single-task model (Tensor output) needs "
         f"exactly one task, got {names}"
-    )
-
-
-def _empty(target: Tensor) -> bool:
-    """True when every sample of a class-index target is outside the task (cross-entropy → NaN)."""
-    return (
-        target.dim() == 1
-        and not target.is_floating_point()
-        and bool((target == IGNORE_INDEX).all())
     )
 
 
@@ -69,38 +60,26 @@ def train(
     ``train_batches_fn(epoch)`` returns that epoch's ``(inputs, {task: target})``
     batches; the loss is the sum of ``losses[task]`` over tasks. A task whose
     targets in a batch are all ``IGNORE_INDEX`` adds nothing for that batch. The
-    model is left in eval mode.
+    model is left in eval mode. The loop is ``cut_plugin.train_tasks``.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if not isinstance(losses, Mapping) or not losses:
-        raise TypeError(f"losses must be a non-empty mapping {{task: loss_fn}}, got {losses!r}")
+    check_int("epochs", epochs)
     torch.manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    history: list[float] = []
-    bar = tqdm(range(epochs), desc="train", disable=not progress, leave=False)
-    model.train()
-    for epoch in bar:
-        total, count = 0.0, 0
-        for inputs, targets in train_batches_fn(epoch):
-            outputs = _as_dict(model(inputs), losses)
-            terms = [losses[t](outputs[t], targets[t]) for t in losses if not _empty(targets[t])]
-            if not terms:
-                continue
-            loss = torch.stack(terms).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(inputs)
-            count += len(inputs)
-        schedule.step()
-        if count == 0:
-            raise ValueError(f"train_batches_fn({epoch}) yielded no batch with a target to learn")
-        history.append(total / count)
-        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    history = train_tasks(
+        model,
+        train_batches_fn,
+        losses,
+        epochs=epochs,
+        optimizer=lambda params: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
+        scheduler=lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=epochs
+        ),
+        ignore_index=IGNORE_INDEX,
+        task_names=list(losses) if isinstance(losses, Mapping) and len(losses) == 1 else None,
+        progress=progress,
+        desc="train",
+    )
     model.eval()
-    return history
+    return history.epoch_losses()
 
 
 @torch.no_grad()

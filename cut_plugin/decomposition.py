@@ -1,6 +1,6 @@
 """Task decomposition: keep only the tasks a device needs, and find what each task uses.
 
-CUT step 1 (METHODS.md): task k's subnetwork is the backbone plus head k; heads of
+CUT step 1 (the paper; the released code does the same): task k's subnetwork is the backbone plus head k; heads of
 tasks that were not selected are dropped for real (the released code only froze
 them), so the compact model neither stores nor computes them.
 """

@@ -43,7 +43,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from cut_plugin.vocabulary import as_task_outputs, check_tasks, model_device_dtype
+from cut_plugin.vocabulary import (
+    as_example_inputs,
+    as_task_outputs,
+    check_choice,
+    check_number,
+    check_tasks,
+    model_device_dtype,
+)
 
 __all__ = ["EXPORTERS", "check_onnx", "export_onnx", "export_torchscript"]
 
@@ -94,27 +101,12 @@ def _check_path(path: Any, *, must_exist: bool = False) -> str:
 
 
 def _check_inputs(example_inputs: Any, model: nn.Module) -> tuple[Tensor, ...]:
-    """Example inputs as a tuple of Tensors on the model's device (floating ones in its dtype)."""
-    if isinstance(example_inputs, Tensor):
-        inputs: tuple[Any, ...] = (example_inputs,)
-    elif isinstance(example_inputs, tuple | list) and example_inputs:
-        inputs = tuple(example_inputs)
-    else:
-        raise TypeError(
-            "example_inputs must be a Tensor or a non-empty tuple of Tensors, "
-            f"got {type(example_inputs).__name__}"
-        )
-    for index, value in enumerate(inputs):
-        if not isinstance(value, Tensor):
-            raise TypeError(
-                f"example_inputs[{index}] must be a Tensor, got {type(value).__name__}; "
-                "exported models take Tensor inputs only"
-            )
-    device, dtype = model_device_dtype(model)
-    return tuple(
-        x.detach().to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
-        for x in inputs
-    )
+    """Example inputs as a tuple of Tensors on the model's device (floating ones in its dtype).
+
+    Detached: an exported graph must not record the caller's autograd history.
+    """
+    inputs = as_example_inputs(example_inputs, model, tensors_only=True)
+    return tuple(x.detach() for x in inputs)
 
 
 def _eval_copy(model: nn.Module) -> nn.Module:
@@ -268,8 +260,7 @@ def export_onnx(
     the module's notes).
     """
     _check_model(model)
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {list(EXPORTERS)}, got {exporter!r}")
+    check_choice("exporter", exporter, EXPORTERS)
     if not isinstance(dynamic_batch, bool):
         raise TypeError(f"dynamic_batch must be a bool, got {dynamic_batch!r}")
     opset = _check_opset(opset, exporter)
@@ -355,8 +346,7 @@ def check_onnx(
     difference (or shape) is beyond ``atol``.
     """
     _check_model(model)
-    if isinstance(atol, bool) or not isinstance(atol, int | float) or not atol >= 0:
-        raise ValueError(f"atol must be a number >= 0, got {atol!r}")
+    atol = check_number("atol", atol, low=0.0)
     source = _check_path(path, must_exist=True)
     ort = _require("onnxruntime", "check_onnx")
     options = ort.SessionOptions()

@@ -28,9 +28,12 @@ from torch import Tensor
 __all__ = [
     "RULES",
     "Rule",
+    "check_keep_ratio",
     "check_rule",
     "combine",
     "fuse",
+    "fuse_blocks",
+    "group_normalise",
     "normalise",
     "rank_channels",
     "top_mask",
@@ -50,6 +53,23 @@ def check_rule(rule: Any, votes: Any = 2) -> tuple[Rule, int]:
             f"votes must be an int >= 1 (how many tasks must keep a shared weight), got {votes!r}"
         )
     return cast(Rule, rule), votes
+
+
+def check_keep_ratio(keep_ratio: Any, *, allow_zero: bool = False) -> float:
+    """A keep fraction in ``(0, 1]`` (``[0, 1]`` with ``allow_zero``), or a clear error."""
+    if (
+        isinstance(keep_ratio, bool)
+        or not isinstance(keep_ratio, int | float)
+        or math.isnan(keep_ratio)
+        or not 0 <= keep_ratio <= 1
+        or (keep_ratio == 0 and not allow_zero)
+    ):
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(
+            f"keep_ratio must be in {interval} (the fraction of a group's channels each task "
+            f"keeps), got {keep_ratio!r}"
+        )
+    return float(keep_ratio)
 
 
 def _check_keep_ratio(keep_ratio: Any) -> float | None:
@@ -154,6 +174,107 @@ def combine(
     raise ValueError(f"{rule!r} is not a score rule; choose from ['mean', 'max', 'weighted']")
 
 
+def _needed(users: Tensor, rule: str, votes: int) -> Tensor:
+    """How many keep-verdicts each block needs: ``min(votes, #users)``, 1 (any) or #users (all)."""
+    if rule == "any":
+        return torch.ones_like(users)
+    if rule == "all":
+        return users
+    return users.clamp(max=votes)
+
+
+def _task_ranks(values: Tensor, used: Tensor) -> Tensor:
+    """Each task's rank (0 = most important) of every block it uses; unused blocks rank last."""
+    num_blocks = values.shape[1]
+    ranks = torch.full(values.shape, num_blocks, dtype=torch.long, device=values.device)
+    for t in range(values.shape[0]):
+        index = used[t].nonzero().flatten()
+        order = torch.argsort(values[t, index], descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=values.device)
+        ranks[t, index] = rank
+    return ranks
+
+
+def fuse_blocks(
+    values: Tensor,
+    used: Tensor | None = None,
+    *,
+    rule: str = "vote",
+    votes: int = 2,
+    keep: float | None = None,
+    calibrate: bool = False,
+    weights: Sequence[float] | None = None,
+    grain: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor]:
+    """The one fusion kernel: every CUT route (elements, channels, NNI blocks) calls it.
+
+    Args:
+        values: ``(num_tasks, num_blocks)`` normalised scores ``v_t`` (a block is an
+            element, a channel or an NNI metric block).
+        used: ``(num_tasks, num_blocks)`` bool, which tasks use each block (default all).
+        rule, votes: the fusion (see the module docstring).
+        keep: verdict rules: the fraction each task keeps of the blocks it uses, or with
+            ``calibrate`` the fraction of elements the fused verdict must keep.
+        calibrate: search the per-task keep fraction by bisection so that the kept
+            blocks hold ``keep`` of all elements (within 0.1 %, or as close as the
+            counts allow).
+        weights: ``(num_tasks,)`` for ``weighted``, in row order.
+        grain: ``(num_blocks,)`` elements per block (default 1), for ``calibrate``.
+
+    Returns:
+        ``(kept, score)``: ``kept`` ``(num_blocks,)`` bool for verdict rules (None for
+        score rules); ``score`` the fused score over each block's users (``mean``,
+        ``max``, ``weighted``; for verdict rules the users' mean). Blocks no task
+        uses are never kept and score -1.
+    """
+    rule, votes = check_rule(rule, votes)
+    if used is None:
+        used = torch.ones(values.shape, dtype=torch.bool, device=values.device)
+    users = used.sum(dim=0)
+    masked = torch.where(used, values, torch.zeros_like(values))
+    if rule in VERDICT_RULES or rule == "mean":
+        score = masked.sum(dim=0) / users.clamp(min=1)
+    elif rule == "max":
+        score = torch.where(used, values, torch.full_like(values, -math.inf)).max(dim=0).values
+    else:
+        if weights is None or len(weights) != values.shape[0]:
+            raise ValueError("rule 'weighted' needs one weight per task row")
+        w = torch.tensor([float(v) for v in weights], device=values.device, dtype=values.dtype)
+        score = (w[:, None] * masked).sum(dim=0)
+    score = torch.where(users > 0, score, torch.full_like(score, -1.0))
+    if rule not in VERDICT_RULES:
+        return None, score
+    if keep is None:
+        raise ValueError(f"rule {rule!r} needs the fraction each task keeps (keep_ratio)")
+    needed = _needed(users, rule, votes)
+    ranks = _task_ranks(values, used)
+    counts = used.sum(dim=1).to(torch.float64)
+    sizes = torch.ones_like(score, dtype=torch.float64) if grain is None else grain.double()
+    total = float(sizes[users > 0].sum())
+
+    def kept_for(fraction: float) -> Tensor:
+        limit = torch.round(fraction * counts).long()[:, None]
+        return ((ranks < limit).sum(dim=0) >= needed) & (users > 0)
+
+    def kept_fraction(kept: Tensor) -> float:
+        return float(sizes[kept].sum()) / max(total, 1.0)
+
+    best = kept_for(keep)
+    best_error = abs(kept_fraction(best) - keep)
+    low, high = 0.0, 1.0
+    for _ in range(40 if calibrate else 0):
+        if best_error <= 1e-3:
+            break
+        middle = (low + high) / 2
+        kept = kept_for(middle)
+        fraction = kept_fraction(kept)
+        if abs(fraction - keep) < best_error:
+            best, best_error = kept, abs(fraction - keep)
+        low, high = (middle, high) if fraction < keep else (low, middle)
+    return best, score
+
+
 def fuse(
     task_scores: Mapping[str, Tensor] | Sequence[Tensor] | Tensor,
     *,
@@ -182,8 +303,11 @@ def fuse(
     rule, votes = check_rule(rule, votes)
     keep = _check_keep_ratio(keep_ratio)
     names, stacked = _stack(task_scores)
+    shape = stacked.shape[1:]
     if stacked.dtype == torch.bool:
-        verdicts = stacked
+        if rule in VERDICT_RULES:
+            users = torch.full(shape, len(names), device=stacked.device)
+            return stacked.sum(dim=0) >= _needed(users, rule, votes)
         scores = stacked.float()
     else:
         if not torch.isfinite(stacked).all():
@@ -191,19 +315,33 @@ def fuse(
                 "task_scores contain NaN or inf; score the tasks again on finite losses"
             )
         scores = normalise(stacked.float().flatten(1), dim=1).reshape(stacked.shape)
-        verdicts = None
-    if rule in VERDICT_RULES:
-        if verdicts is None:
-            if keep is None:
-                raise ValueError(
-                    f"rule {rule!r} fuses keep/prune verdicts: pass keep_ratio (each task keeps its top "
-                    "fraction) or boolean masks"
-                )
-            verdicts = torch.stack([top_mask(s, keep) for s in scores])
-        needed = {"any": 1, "all": len(names)}.get(rule, min(votes, len(names)))
-        return verdicts.sum(dim=0) >= needed
-    fused = combine(scores, rule, weights, names)
+    if rule in VERDICT_RULES and keep is None:
+        raise ValueError(
+            f"rule {rule!r} fuses keep/prune verdicts: pass keep_ratio (each task keeps its top "
+            "fraction) or boolean masks"
+        )
+    task_weights = _weights(weights, names, scores.device).tolist() if rule == "weighted" else None
+    kept, fused = fuse_blocks(
+        scores.flatten(1), rule=rule, votes=votes, keep=keep, weights=task_weights
+    )
+    if kept is not None:
+        return kept.reshape(shape)
+    fused = fused.reshape(shape)
     return fused if keep is None else top_mask(fused, keep)
+
+
+def group_normalise(scores: Tensor) -> Tensor:
+    """``s / mean(s)`` squashed to ``[0, 1)`` by ``x / (1 + x)``: comparable across groups.
+
+    Torch-Pruning's global pruning ranks every group's channel scores together. Raw
+    normalised scores are not comparable there (a wide layer spreads a task's score
+    over more channels), so each group's scores are divided by their mean, as
+    Torch-Pruning's own importances do (``normalizer="mean"``); the monotone squash
+    keeps them below the verdict bonus of :func:`rank_channels`.
+    """
+    mean = scores.mean()
+    relative = scores / mean if mean > 0 else torch.zeros_like(scores)
+    return relative / (1.0 + relative)
 
 
 def rank_channels(
@@ -214,6 +352,7 @@ def rank_channels(
     votes: int = 2,
     keep_ratio: float = 0.5,
     weights: Sequence[float] | None = None,
+    calibrate: bool = False,
 ) -> Tensor:
     """One importance per channel such that pruning the lowest follows the fusion rule.
 
@@ -222,18 +361,34 @@ def rank_channels(
             these channels.
         totals: ``(num_tasks,)`` each task's total score over its whole subnetwork,
             so that normalised scores ``v = h / total`` are comparable across layers.
-        keep_ratio: the fraction of channels each task keeps (verdict rules).
+        keep_ratio: the fraction of channels each task keeps (verdict rules), or with
+            ``calibrate`` the fraction the fused verdict keeps.
+        weights: one per task row, for ``weighted``.
 
     Returns:
-        ``(num_channels,)``. For verdict rules, every channel the rule keeps ranks
-        above every channel it does not (a bonus of 2 > any normalised score), and
-        ties are broken by the tasks' mean normalised score.
+        ``(num_channels,)`` in ``[0, 3)``. The fused score (the users' mean for
+        verdict rules) goes through :func:`group_normalise`, so that scores of
+        different groups compare under global pruning; for verdict rules every
+        channel the rule keeps ranks above every channel it does not (a bonus of 2).
     """
     rule, votes = check_rule(rule, votes)
     normalised = (
         channel_scores.float() / totals.float().clamp_min(torch.finfo(torch.float32).tiny)[:, None]
     )
-    if rule in VERDICT_RULES:
-        kept = fuse(normalised, rule=rule, votes=votes, keep_ratio=keep_ratio)
-        return kept.float() * 2.0 + normalised.mean(dim=0)
-    return combine(normalised, rule, weights, [str(i) for i in range(normalised.shape[0])])
+    kept, fused = fuse_blocks(
+        normalised,
+        rule=rule,
+        votes=votes,
+        keep=keep_ratio if rule in VERDICT_RULES else None,
+        calibrate=calibrate,
+        weights=weights,
+    )
+    ranked = group_normalise(fused)
+    if kept is None:
+        return ranked
+    if not kept.any():
+        # A verdict that keeps nothing would make Torch-Pruning skip the group under
+        # global pruning (it never empties a layer): its best channel stays.
+        kept = kept.clone()
+        kept[int(torch.argmax(fused))] = True
+    return kept.float() * 2.0 + ranked

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cut_plugin.fusion import VERDICT_RULES, Rule, check_rule, combine, top_mask
+from cut_plugin.config import CUTConfig, resolve_config
+from cut_plugin.fusion import fuse_blocks, top_mask
 from cut_plugin.vocabulary import check_ratio
 
 __all__ = ["PRUNABLE_TYPES", "apply_masks", "cut_masks", "mask_sparsity", "prunable_weights"]
@@ -100,10 +101,8 @@ def cut_masks(
     task_scores: Mapping[str, Mapping[str, Tensor]],
     *,
     pruning_ratio: float,
-    rule: Rule = "vote",
-    votes: int = 2,
-    calibrate: bool = True,
-    weights: Mapping[str, float] | None = None,
+    config: CUTConfig | Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> dict[str, Tensor]:
     """Return unstructured keep-masks ``{weight_name: bool Tensor}`` for the selected tasks.
 
@@ -111,94 +110,43 @@ def cut_masks(
         model: the model (or its ``select_tasks`` copy) whose weights were scored.
         task_scores: ``{task: {param_name: Tensor}}`` from ``score_tasks``.
         pruning_ratio: the fraction S of the tasks' conv/linear weights removed.
-        rule, votes: the fusion of the tasks' verdicts on shared weights (``fuse``).
-        calibrate: search each task's keep fraction so the achieved sparsity is S.
-        weights: ``{task: weight}`` for ``rule="weighted"``.
+        config: a :class:`CUTConfig` (``rule``, ``votes``, ``weights``, ``calibrate``;
+            ``criterion`` is not used here), or the same options as keywords.
 
     Only weights some selected task uses get a mask; :func:`mask_sparsity` gives
     the achieved sparsity (also logged at INFO level).
     """
     ratio = check_ratio(pruning_ratio)
-    rule, votes = check_rule(rule, votes)
     prunable = prunable_weights(model)
     scores = _check_task_scores(task_scores, prunable)
+    tasks = list(scores)
+    cut = resolve_config(config, options, tasks=tasks)
     used = [name for name in prunable if any(name in s for s in scores.values())]
-    users = {name: [t for t, s in scores.items() if name in s] for name in used}
-    if rule in VERDICT_RULES:
-        masks = _verdict_masks(scores, used, users, ratio, rule, votes, calibrate)
-    else:
-        masks = _score_masks(scores, used, users, ratio, rule, weights)
+    sizes = [prunable[n].numel() for n in used]
+    # One row per task over every used weight element: v_t = h_t / Σ h_t on its own weights.
+    values = torch.zeros(len(tasks), sum(sizes))
+    uses = torch.zeros(len(tasks), sum(sizes), dtype=torch.bool)
+    offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    for row, task in enumerate(tasks):
+        total = sum(float(v.sum()) for v in scores[task].values()) or 1.0
+        for i, name in enumerate(used):
+            if name in scores[task]:
+                values[row, offsets[i] : offsets[i + 1]] = scores[task][name].reshape(-1) / total
+                uses[row, offsets[i] : offsets[i + 1]] = True
+    kept, fused = fuse_blocks(
+        values,
+        uses,
+        rule=cut.rule,
+        votes=cut.votes,
+        keep=1.0 - ratio,
+        calibrate=cut.calibrate,
+        weights=cut.task_weights(tasks),
+    )
+    if kept is None:
+        kept = top_mask(fused, 1.0 - ratio)
+    masks = {n: m.reshape(prunable[n].shape) for n, m in zip(used, kept.split(sizes), strict=True)}
     log.info("cut_masks: asked sparsity %.4f, achieved %.4f", ratio, mask_sparsity(masks))
     return masks
-
-
-def _score_masks(
-    scores: dict[str, dict[str, Tensor]],
-    used: list[str],
-    users: dict[str, list[str]],
-    ratio: float,
-    rule: str,
-    weights: Mapping[str, float] | None,
-) -> dict[str, Tensor]:
-    totals = {t: sum(float(v.sum()) for v in s.values()) or 1.0 for t, s in scores.items()}
-    fused = {}
-    for name in used:
-        stacked = torch.stack([scores[t][name] / totals[t] for t in users[name]])
-        fused[name] = combine(stacked, rule, weights, users[name])
-    sizes = [fused[n].numel() for n in used]
-    keep = top_mask(torch.cat([fused[n].reshape(-1) for n in used]), 1.0 - ratio)
-    return {n: m.reshape(fused[n].shape) for n, m in zip(used, keep.split(sizes), strict=True)}
-
-
-def _verdict_masks(
-    scores: dict[str, dict[str, Tensor]],
-    used: list[str],
-    users: dict[str, list[str]],
-    ratio: float,
-    rule: str,
-    votes: int,
-    calibrate: bool,
-) -> dict[str, Tensor]:
-    # Each task's global rank of every weight of its subnetwork, computed once.
-    ranks: dict[str, dict[str, Tensor]] = {}
-    sizes: dict[str, int] = {}
-    for task, own in scores.items():
-        names = [n for n in used if n in own]
-        flat = torch.cat([own[n].reshape(-1) for n in names]) if names else torch.zeros(0)
-        order = torch.argsort(flat, descending=True, stable=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(order.numel())
-        pieces = rank.split([own[n].numel() for n in names])
-        ranks[task] = {n: r.reshape(own[n].shape) for n, r in zip(names, pieces, strict=True)}
-        sizes[task] = flat.numel()
-    total = sum(scores[users[n][0]][n].numel() for n in used)
-
-    def masks_for(keep: float) -> dict[str, Tensor]:
-        counts = {t: round(keep * sizes[t]) for t in scores}
-        result = {}
-        for name in used:
-            verdicts = torch.stack([ranks[t][name] < counts[t] for t in users[name]])
-            needed = {"any": 1, "all": len(users[name])}.get(rule, min(votes, len(users[name])))
-            result[name] = verdicts.sum(dim=0) >= needed
-        return result
-
-    def kept_fraction(masks: dict[str, Tensor]) -> float:
-        return sum(int(m.sum()) for m in masks.values()) / max(total, 1)
-
-    target = 1.0 - ratio
-    best = masks_for(target)
-    best_error = abs(kept_fraction(best) - target)
-    low, high = 0.0, 1.0
-    for _ in range(40 if calibrate else 0):
-        if best_error <= 1e-3:
-            break
-        keep = (low + high) / 2
-        masks = masks_for(keep)
-        kept = kept_fraction(masks)
-        if abs(kept - target) < best_error:
-            best, best_error = masks, abs(kept - target)
-        low, high = (keep, high) if kept < target else (low, keep)
-    return best
 
 
 def mask_sparsity(masks: Mapping[str, Tensor]) -> float:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from cut_plugin.state import scoring_state
 from cut_plugin.vocabulary import (
     Loss,
+    check_choice,
     check_losses,
     check_targets,
     check_tasks,
@@ -55,9 +56,7 @@ TaskScores = dict[str, dict[str, Tensor]]
 
 def check_criterion(criterion: Any) -> str:
     """Return ``criterion`` if it is one of CRITERIA, else raise naming the choices."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {criterion!r}")
-    return str(criterion)
+    return check_choice("criterion", criterion, CRITERIA)
 
 
 def score_tasks(

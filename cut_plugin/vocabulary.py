@@ -1,7 +1,9 @@
-"""The project's vocabulary at the boundary: tasks, outputs, batches, losses, ratios.
+"""The project's vocabulary at the boundary: tasks, outputs, batches, losses, devices, options.
 
-Every public function validates its inputs through these helpers so that a bad
-input gets the same clear message everywhere.
+Every public function of ``cut_plugin``, ``pam_plugin`` and ``adapters``
+validates its inputs through these helpers, so that a bad input gets the same
+clear message everywhere. Option checks take ``(name, value)``; the vocabulary
+checks (tasks, ratio, losses) take the value first and ``name=`` as a keyword.
 """
 
 from __future__ import annotations
@@ -21,14 +23,21 @@ __all__ = [
     "Batch",
     "Inputs",
     "Loss",
+    "as_example_inputs",
     "as_task_outputs",
+    "check_batch",
+    "check_batches",
+    "check_choice",
+    "check_int",
     "check_losses",
+    "check_number",
     "check_ratio",
     "check_targets",
+    "check_task_mapping",
     "check_tasks",
-    "as_example_inputs",
     "iterate_batches",
     "model_device_dtype",
+    "move_to",
     "run_model",
     "scalar_loss",
 ]
@@ -74,6 +83,57 @@ def check_ratio(value: Any, *, name: str = "pruning_ratio") -> float:
             "1.0 would remove everything, use e.g. 0.5 to remove half"
         )
     return value
+
+
+def check_number(
+    name: str, value: Any, *, low: float = -math.inf, high: float = math.inf, low_open: bool = False
+) -> float:
+    """Return ``value`` as a float in ``[low, high]`` (``(low, high]`` when ``low_open``), or raise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a float, got {value!r} ({type(value).__name__})")
+    bracket = "(" if low_open else "["
+    below = value <= low if low_open else value < low
+    if math.isnan(value) or below or value > high:
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value: Any, *, low: int = 1) -> int:
+    """Return ``value`` as an int >= ``low``, or raise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {low}, got {value!r} ({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Return ``value`` when it is one of ``choices``, or raise naming them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_task_mapping(
+    name: str, mapping: Any, tasks: Sequence[str], *, owner: str = "network"
+) -> dict[str, Any]:
+    """Return ``mapping`` as a dict with exactly the keys ``tasks``, or raise naming the difference.
+
+    ``owner`` names what the tasks belong to in the message (``"network"``: the
+    networks' tasks).
+    """
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{name} must be a mapping {{task: value}}, got {type(mapping).__name__}")
+    missing = [t for t in tasks if t not in mapping]
+    extra = [t for t in mapping if t not in tasks]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"no entry for task(s) {missing}")
+        if extra:
+            parts.append(f"entries for task(s) {extra} that have no {owner}")
+        raise ValueError(f"{name} has {' and '.join(parts)}; the {owner}s' tasks are {list(tasks)}")
+    return {t: mapping[t] for t in tasks}
 
 
 def check_losses(losses: Any, tasks: Sequence[str]) -> dict[str, Loss]:
@@ -128,10 +188,20 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
-def _to_model(x: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
-    if x.is_floating_point():
-        return x.to(device=device, dtype=dtype)
-    return x.to(device=device)
+def move_to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """``value`` on ``device``: a floating Tensor also in ``dtype``, other Tensors keep theirs.
+
+    Tuples and lists are moved element-wise; anything else is returned as is. No
+    copy when a Tensor is already there (``Tensor.to``); the caller's tensors are
+    never changed.
+    """
+    if isinstance(value, Tensor):
+        if value.is_floating_point():
+            return value.to(device=device, dtype=dtype)
+        return value.to(device=device)
+    if isinstance(value, tuple | list):
+        return type(value)(move_to(x, device, dtype) for x in value)
+    return value
 
 
 def run_model(
@@ -144,11 +214,9 @@ def run_model(
     """
     device, dtype = model_device_dtype(model)
     if isinstance(inputs, Tensor):
-        output = model(_to_model(inputs, device, dtype))
+        output = model(move_to(inputs, device, dtype))
     elif isinstance(inputs, tuple | list):
-        output = model(
-            *(_to_model(x, device, dtype) if isinstance(x, Tensor) else x for x in inputs)
-        )
+        output = model(*move_to(tuple(inputs), device, dtype))
     else:
         raise TypeError(
             f"batch inputs must be a Tensor or a tuple of Tensors, got {type(inputs).__name__}"
@@ -170,6 +238,30 @@ def check_targets(targets: Any, tasks: Sequence[str], index: int) -> dict[str, T
     return {t: targets[t] for t in tasks}
 
 
+def check_batch(batch: Any, index: int) -> tuple[Inputs, Mapping[str, Tensor]]:
+    """Return one batch as ``(inputs, targets)``, or raise naming the batch ``index``."""
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        raise TypeError(
+            f"batch {index} must be a pair (inputs, targets) with targets a dict {{task: Tensor}}; "
+            f"got {type(batch).__name__}"
+        )
+    inputs, targets = batch
+    if not isinstance(targets, Mapping):
+        raise TypeError(
+            f"batch {index}: targets must be a dict {{task: Tensor}}, got {type(targets).__name__}"
+        )
+    return inputs, targets
+
+
+def check_batches(batches: Any) -> None:
+    """Raise unless ``batches`` is an iterable of batches (a DataLoader, a list, a generator)."""
+    if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
+        raise TypeError(
+            "batches must be an iterable of (inputs, targets) pairs, e.g. a DataLoader or a list; "
+            f"got {type(batches).__name__}"
+        )
+
+
 def iterate_batches(
     batches: Iterable[Any], *, max_batches: int | None = None
 ) -> Iterator[tuple[int, Inputs, Mapping[str, Tensor]]]:
@@ -182,25 +274,12 @@ def iterate_batches(
         isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
     ):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
-    if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
-        raise TypeError(
-            "batches must be an iterable of (inputs, targets) pairs, e.g. a DataLoader or a list; "
-            f"got {type(batches).__name__}"
-        )
+    check_batches(batches)
     count = 0
     for index, batch in enumerate(batches):
         if max_batches is not None and index >= max_batches:
             break
-        if not isinstance(batch, tuple | list) or len(batch) != 2:
-            raise TypeError(
-                f"batch {index} must be a pair (inputs, targets) with targets a dict {{task: Tensor}}; "
-                f"got {type(batch).__name__}"
-            )
-        inputs, targets = batch
-        if not isinstance(targets, Mapping):
-            raise TypeError(
-                f"batch {index}: targets must be a dict {{task: Tensor}}, got {type(targets).__name__}"
-            )
+        inputs, targets = check_batch(batch, index)
         count += 1
         yield index, inputs, targets
     if count == 0:
@@ -226,26 +305,32 @@ def scalar_loss(loss_fn: Loss, output: Tensor, target: Tensor, *, task: str, ind
     return loss.reshape(())
 
 
-def as_example_inputs(example_inputs: Any, model: nn.Module | None = None) -> tuple[Any, ...]:
-    """Example inputs as the tuple Torch-Pruning expects (a bare tensor is wrapped).
+def as_example_inputs(
+    example_inputs: Any, model: nn.Module | None = None, *, tensors_only: bool = False
+) -> tuple[Any, ...]:
+    """Example inputs as the tuple a forward takes positionally (a bare Tensor is wrapped).
 
-    With ``model``, floating tensors are cast to the model's device and dtype (new
-    tensors; the caller's are unchanged), as ``run_model`` does for batches.
+    With ``model``, Tensors move to the model's device (floating ones to its
+    dtype too; new tensors, the caller's are unchanged), as ``run_model`` does for
+    batches. ``tensors_only``: every entry must be a Tensor (exporters, MAC
+    counters). An empty tuple is an error: a forward needs an input.
     """
     if isinstance(example_inputs, Tensor):
-        example = (example_inputs,)
-    elif isinstance(example_inputs, tuple | list):
+        example: tuple[Any, ...] = (example_inputs,)
+    elif isinstance(example_inputs, tuple | list) and example_inputs:
         example = tuple(example_inputs)
     else:
         raise TypeError(
-            f"example_inputs must be a Tensor or a tuple of Tensors, got {type(example_inputs).__name__}"
+            "example_inputs must be a Tensor or a non-empty tuple of Tensors, "
+            f"got {type(example_inputs).__name__}"
         )
+    if tensors_only:
+        for index, value in enumerate(example):
+            if not isinstance(value, Tensor):
+                raise TypeError(
+                    f"example_inputs[{index}] must be a Tensor, got {type(value).__name__}"
+                )
     if model is None:
         return example
     device, dtype = model_device_dtype(model)
-    return tuple(
-        x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
-        if isinstance(x, Tensor)
-        else x
-        for x in example
-    )
+    return tuple(move_to(example, device, dtype))

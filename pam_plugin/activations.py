@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, fx
 
+from cut_plugin.vocabulary import model_device_dtype
 from pam_plugin.architecture import Architecture
 
 __all__ = ["channel_values", "record_activations", "run_with_taps"]
@@ -41,14 +42,6 @@ class _TappedInterpreter(fx.Interpreter):
         return value
 
 
-def network_dtype(network: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and floating dtype of the first floating parameter (CPU/default dtype if none)."""
-    for parameter in network.parameters():
-        if parameter.is_floating_point():
-            return parameter.device, parameter.dtype
-    return torch.device("cpu"), torch.get_default_dtype()
-
-
 def run_with_taps(
     graph_module: fx.GraphModule,
     inputs: Tensor,
@@ -60,7 +53,7 @@ def run_with_taps(
 
     ``taps``: ``{fx node name: callback(batch output)}``, called once per batch.
     """
-    device, dtype = network_dtype(graph_module)
+    device, dtype = model_device_dtype(graph_module)
     with torch.no_grad():
         for start in range(0, inputs.shape[0], batch_size):
             batch = inputs[start : start + batch_size].to(device=device, dtype=dtype)

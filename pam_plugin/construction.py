@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from pam_plugin.activations import network_dtype
+from cut_plugin.vocabulary import model_device_dtype, move_to
 from pam_plugin.architecture import (
     Architecture,
     Step,
@@ -41,7 +41,7 @@ from pam_plugin.grouping import (
 from pam_plugin.merged import GroupLayer, MergedNetwork, PlanStep
 from pam_plugin.tracing import trace_network
 
-__all__ = ["Prepared", "build_merged", "build_network"]
+__all__ = ["Prepared", "build_merged", "build_network", "space_of_layers"]
 
 Assignment = Mapping[int, Mapping[GroupKey, Sequence[Neuron]]]
 """``{hidden space index: {group key: neurons}}``; a missing space keeps every neuron exclusive."""
@@ -74,10 +74,7 @@ class Prepared:
                     f"networks[{task!r}] must be a torch.nn.Module, got {type(network).__name__}"
                 )
             self.networks[task] = copy.deepcopy(network).eval()
-        device, dtype = network_dtype(self.networks[self.tasks[0]])
-        self.inputs = (
-            inputs.to(device=device, dtype=dtype) if inputs.is_floating_point() else inputs
-        )
+        self.inputs: Tensor = move_to(inputs, *model_device_dtype(self.networks[self.tasks[0]]))
         traced = {t: trace_network(self.networks[t], self.inputs[:2], name=t) for t in self.tasks}
         self.graphs: dict[str, fx.GraphModule] = {t: traced[t][1] for t in self.tasks}
         self.architecture: Architecture = check_same_architecture(
@@ -100,22 +97,40 @@ def build_merged(
     """Merge ``networks`` with the given groups (default: no merging, every neuron exclusive).
 
     ``groups``: ``{layer name: {group key: neurons}}``, the layer named by its
-    first conv/linear module (``group_sizes`` order); a neuron is a tuple of
-    ``(task, index)``. With no groups the result computes every network
+    conv/linear module name (the keys of ``group_sizes``; in a ResNet stage,
+    which is one channel space, any of its layers); a neuron is a tuple of
+    members ``(task, index)``. With no groups the result computes every network
     exactly (side by side, block-diagonal).
     """
     prepared = Prepared(networks, example_inputs)
-    by_name = {s.name: s.index for s in prepared.architecture.hidden_spaces}
+    by_name = space_of_layers(prepared.architecture)
     assignment: dict[int, Mapping[GroupKey, Sequence[Neuron]]] = {}
+    named: dict[int, str] = {}
     for name, layer_groups in (groups or {}).items():
         if name not in by_name:
             raise ValueError(
                 f"groups names an unknown layer {name!r}; the merged layers are {list(by_name)}"
             )
-        assignment[by_name[name]] = _check_groups(
-            name, layer_groups, prepared.tasks, prepared.architecture.spaces[by_name[name]].size
+        index = by_name[name]
+        if index in named:
+            raise ValueError(
+                f"groups names the layers {named[index]!r} and {name!r}, which write one channel "
+                "space (a residual stage); give its groups once"
+            )
+        named[index] = name
+        assignment[index] = _check_groups(
+            name, layer_groups, prepared.tasks, prepared.architecture.spaces[index].size
         )
     return build_network(prepared, assignment)
+
+
+def space_of_layers(architecture: Architecture) -> dict[str, int]:
+    """``{conv/linear module name: index of the hidden space it writes}``, in execution order."""
+    return {
+        architecture.step(node).target: space.index
+        for space in architecture.hidden_spaces
+        for node in space.producers
+    }
 
 
 def _check_groups(
@@ -228,6 +243,7 @@ def build_network(
         outputs=outputs,
         output_layers=arch.output_space.producers,
         layer_names={s.node: s.target for s in arch.steps if s.kind == "layer"},
+        module_names={s.node: s.target for s in arch.steps if s.kind == "module" and s.target},
     )
 
 

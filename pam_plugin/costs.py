@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cut_plugin.vocabulary import as_example_inputs, check_tasks
 from pam_plugin.merged import MergedNetwork
 
 __all__ = ["Cost", "combination_costs", "network_cost"]
@@ -43,10 +44,9 @@ class Cost:
 
 
 def _inputs(example_inputs: Any) -> tuple[Tensor, ...]:
-    inputs = (
-        tuple(example_inputs) if isinstance(example_inputs, tuple | list) else (example_inputs,)
-    )
-    if not inputs or not all(isinstance(x, Tensor) for x in inputs) or inputs[0].dim() < 1:
+    """Example inputs as a tuple of Tensors whose first has a batch dimension (costs are per sample)."""
+    inputs = as_example_inputs(example_inputs, tensors_only=True)
+    if inputs[0].dim() < 1:
         raise TypeError("example_inputs must be a Tensor (B, ...) or a tuple of Tensors")
     return inputs
 
@@ -110,7 +110,7 @@ def combination_costs(
             "model_or_networks must be a MergedNetwork or a non-empty mapping {task: network}, got "
             f"{type(model_or_networks).__name__}"
         )
-    chosen = available if tasks is None else _check_tasks(tasks, available)
+    chosen = available if tasks is None else check_tasks(tasks, available)
     combinations = [
         frozenset(c)
         for size in range(1, len(chosen) + 1)
@@ -121,15 +121,3 @@ def combination_costs(
         return {c: network_cost(merged.for_tasks(c), example_inputs) for c in combinations}
     single = {t: network_cost(model_or_networks[t], example_inputs) for t in chosen}
     return {c: sum((single[t] for t in c), Cost(0, 0)) for c in combinations}
-
-
-def _check_tasks(tasks: Sequence[str], available: Sequence[str]) -> list[str]:
-    if isinstance(tasks, str):
-        raise TypeError(
-            f"tasks must be a list of task names, got the string {tasks!r}; use [{tasks!r}]"
-        )
-    chosen = list(tasks)
-    unknown = [t for t in chosen if t not in available]
-    if not chosen or unknown or len(set(chosen)) != len(chosen):
-        raise ValueError(f"tasks must be distinct tasks among {list(available)}, got {chosen!r}")
-    return chosen

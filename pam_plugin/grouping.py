@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Literal
 
+from cut_plugin.vocabulary import check_choice, check_tasks
+
 __all__ = [
     "SHARED",
     "GroupKey",
@@ -46,17 +48,18 @@ SHARED = "shared"
 
 
 def check_task_names(tasks: Sequence[object]) -> list[str]:
-    """Return task names that can name modules (non-empty, no '.' or '&', not 'shared'), or raise."""
-    result: list[str] = []
-    for task in tasks:
-        if not isinstance(task, str):
-            raise TypeError(f"task names must be strings, got {task!r} ({type(task).__name__})")
+    """Return task names that can name modules (non-empty, no '.' or '&', not 'shared'), or raise.
+
+    A task list first (``cut_plugin.vocabulary.check_tasks``), then the rule of
+    the merged network's group names.
+    """
+    result = check_tasks(tasks, name="task names")
+    for task in result:
         if not task or "." in task or "&" in task or task == SHARED:
             raise ValueError(
                 f"task name {task!r} cannot name a group of the merged network: use a non-empty "
                 f"string without '.' or '&', other than {SHARED!r}"
             )
-        result.append(task)
     return result
 
 
@@ -95,8 +98,7 @@ def relevance_groups(
     ``irrelevant[t]``: indices into the pooled neurons ``tasks[k]·size + i``
     (neuron ``i`` of task ``tasks[k]``'s network).
     """
-    if grouping not in GROUPINGS:
-        raise ValueError(f"grouping must be one of {list(GROUPINGS)}, got {grouping!r}")
+    check_choice("grouping", grouping, GROUPINGS)
     sets = {t: set(irrelevant[t]) for t in tasks}
     everyone = frozenset(tasks)
     groups: dict[GroupKey, list[Neuron]] = {}

@@ -20,6 +20,7 @@ network stays correct and :meth:`MergedNetwork.for_tasks` works after pruning.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -79,9 +80,13 @@ class MergedNetwork(nn.Module):
     """N single-task networks merged into one multitask network; ``forward(x) -> {task: output}``.
 
     Built by :class:`pam_plugin.PAMMerger`, :class:`pam_plugin.MTZMerger` or
-    :func:`pam_plugin.build_merged`. Modules live in ``blocks[node][group]``:
-    ``node`` a traced node of the original networks (e.g. ``features_0``),
-    ``group`` ``shared``, a task name, or tasks joined by ``&``.
+    :func:`pam_plugin.build_merged`. A layer is named by the original
+    networks' module name (e.g. ``features.0``) everywhere: :meth:`groups`,
+    :meth:`layer_groups`, :meth:`group_sizes`. A group is ``shared``, a task
+    name, or tasks joined by ``&``. The modules live in
+    ``blocks[node][group]`` with ``node`` the traced node (e.g. ``features_0``:
+    a ``ModuleDict`` key cannot hold a dot), which is what state-dict keys and
+    NNI ``op_names`` show.
 
     Args:
         tasks: the tasks the network computes, in output order.
@@ -91,7 +96,9 @@ class MergedNetwork(nn.Module):
         input_node, output_node: the plan's input and output nodes.
         outputs: ``{task: output-layer group}``.
         output_layers: the layer nodes writing the output (their modules are never pruned).
-        layer_names: ``{layer node: original module name}`` (for reports).
+        layer_names: ``{layer node: original module name}`` of the conv/linear layers.
+        module_names: ``{module node: original module name}`` of the per-channel
+            modules (BatchNorm, depthwise conv, activations, ...), where they have one.
     """
 
     def __init__(
@@ -106,6 +113,7 @@ class MergedNetwork(nn.Module):
         outputs: Mapping[str, str],
         output_layers: Iterable[str],
         layer_names: Mapping[str, str],
+        module_names: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.tasks: tuple[str, ...] = tuple(tasks)
@@ -121,11 +129,52 @@ class MergedNetwork(nn.Module):
         self.outputs: dict[str, str] = dict(outputs)
         self.output_layer_nodes: tuple[str, ...] = tuple(output_layers)
         self.layer_names: dict[str, str] = dict(layer_names)
+        self.module_names: dict[str, str] = dict(module_names or {})
         self._drop_unused_groups()
 
-    def groups(self, node: str) -> nn.ModuleDict:
-        """``{group: module}`` of a layer or module step (``blocks[node]``)."""
+    def groups(self, name: str) -> nn.ModuleDict:
+        """``{group: module}`` of a layer or per-channel module named by its module name.
+
+        ``name``: the original networks' module name (``features.0``, listed by
+        ``layer_names``/``module_names``). The traced node name (``features_0``)
+        still works with a ``DeprecationWarning`` where the step has a module
+        name, silently for functional steps (pooling by function), which have none.
+        """
+        node = self._node_of(name)
+        if node is None:
+            if name not in self.blocks:
+                names = [*self.layer_names.values(), *getattr(self, "module_names", {}).values()]
+                raise ValueError(
+                    f"no merged layer or module is named {name!r}; the module names are {names}"
+                )
+            node = name
+            owner = self.layer_names.get(node, getattr(self, "module_names", {}).get(node))
+            if owner is not None:
+                warnings.warn(
+                    f"MergedNetwork.groups({name!r}) names a traced node; name it by its module "
+                    f"name: groups({owner!r})",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+        return self._node_modules(node)
+
+    def _node_of(self, name: str) -> str | None:
+        """The traced node of the module ``name``, or ``None``."""
+        # getattr: networks pickled before module_names existed name their layers only.
+        for names in (self.layer_names, getattr(self, "module_names", {})):
+            for node, module_name in names.items():
+                if module_name == name:
+                    return node
+        return None
+
+    def _node_modules(self, node: str) -> nn.ModuleDict:
+        """``blocks[node]``: ``{group: module}`` of a traced node."""
         return cast(nn.ModuleDict, self.blocks[node])
+
+    @property
+    def output_layer_names(self) -> tuple[str, ...]:
+        """Module names of the layers writing the task outputs (never pruned)."""
+        return tuple(self.layer_names[node] for node in self.output_layer_nodes)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``x``: the original networks' input ``(B, ...)`` → ``{task: (B, outputs)}``."""
@@ -134,10 +183,10 @@ class MergedNetwork(nn.Module):
             source = values[step.inputs[0]]
             out: dict[str, Tensor] = {}
             if step.kind == "layer":
-                for group, module in self.groups(step.node).items():
+                for group, module in self._node_modules(step.node).items():
                     out[group] = module(source)
             elif step.kind == "module":
-                for group, module in self.groups(step.node).items():
+                for group, module in self._node_modules(step.node).items():
                     out[group] = module(source[group])
             elif step.kind == "function":
                 function = cast(Callable[..., Tensor], step.function)
@@ -165,7 +214,7 @@ class MergedNetwork(nn.Module):
         selected = _check_subset(tasks, self.tasks)
         result = copy.deepcopy(self)
         for node in result.blocks:
-            modules = result.groups(node)
+            modules = result._node_modules(node)
             for group in list(modules.keys()):
                 if not self.group_tasks[group] & selected:
                     del modules[group]
@@ -184,7 +233,7 @@ class MergedNetwork(nn.Module):
         present: dict[str, set[str]] = {self.input_node: {SHARED}}
         for step in self.plan:
             if step.kind in ("layer", "module"):
-                present[step.node] = set(self.groups(step.node).keys())
+                present[step.node] = set(self._node_modules(step.node).keys())
             elif step.kind == "function":
                 present[step.node] = set(present[step.inputs[0]])
             else:
@@ -195,39 +244,43 @@ class MergedNetwork(nn.Module):
             used = live[step.node]
             if step.kind == "layer":
                 for group in used:
-                    module = cast(GroupLayer, self.groups(step.node)[group])
+                    module = cast(GroupLayer, self._node_modules(step.node)[group])
                     live[step.inputs[0]] |= set(module.parts.keys()) & present[step.inputs[0]]
             else:
                 for node in step.inputs:
                     live[node] |= used & present[node]
         for step in self.plan:
             if step.kind in ("layer", "module"):
-                modules = self.groups(step.node)
+                modules = self._node_modules(step.node)
                 for group in list(modules.keys()):
                     if group not in live[step.node]:
                         del modules[group]
 
     def layer_groups(self) -> dict[str, dict[str, GroupLayer]]:
-        """``{original layer name: {group: GroupLayer}}`` for every merged layer, in order."""
+        """``{layer module name: {group: GroupLayer}}`` for every merged conv/linear layer, in order."""
         return {
             self.layer_names[step.node]: {
-                g: cast(GroupLayer, m) for g, m in self.groups(step.node).items()
+                g: cast(GroupLayer, m) for g, m in self._node_modules(step.node).items()
             }
             for step in self.plan
             if step.kind == "layer"
         }
 
-    def group_sizes(self) -> list[dict[str, int]]:
-        """Per conv/linear layer (in order, see :meth:`layer_groups`): ``{group: neurons}`` now."""
-        return [
-            {group: module.width for group, module in groups.items()}
-            for groups in self.layer_groups().values()
-        ]
+    def group_sizes(self) -> dict[str, dict[str, int]]:
+        """``{layer module name: {group: neurons}}`` now, for every conv/linear layer in order.
+
+        The last entry is the output layer (one group per task). Earlier
+        versions returned a list in this order: ``list(merged.group_sizes().values())``.
+        """
+        return {
+            layer: {group: module.width for group, module in groups.items()}
+            for layer, groups in self.layer_groups().items()
+        }
 
     def output_layers(self) -> dict[str, list[nn.Module]]:
         """``{task: the layer modules writing its output}`` (pruners must keep their widths)."""
         return {
-            task: [self.groups(node)[self.outputs[task]] for node in self.output_layer_nodes]
+            task: [self._node_modules(node)[self.outputs[task]] for node in self.output_layer_nodes]
             for task in self.tasks
         }
 

@@ -43,12 +43,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cut_plugin.vocabulary import check_int, check_number
 from pam_plugin.activations import run_with_taps
 from pam_plugin.architecture import Architecture, tensor_attribute
-from pam_plugin.construction import Prepared, build_network
+from pam_plugin.construction import Prepared, build_network, space_of_layers
 from pam_plugin.grouping import GroupKey, Neuron, exclusive_groups
 from pam_plugin.merged import MergedNetwork
-from pam_plugin.validation import check_int, check_number
 
 __all__ = ["MTZMerger", "zip_costs"]
 
@@ -59,7 +59,8 @@ class MTZMerger:
 
     Args:
         share: fraction of each hidden layer's neurons zipped, a float for
-            every layer or ``{layer name: fraction}`` (unlisted layers: 0).
+            every layer or ``{layer module name: fraction}`` (unlisted layers: 0;
+            a ResNet stage is named by any one of its layers).
         batch_size: forward batch size when measuring the Hessians.
         damping: relative ridge added to ``H_A + H_B`` before solving.
     """
@@ -92,16 +93,24 @@ class MTZMerger:
         hidden = arch.hidden_spaces
         if not isinstance(self.share, Mapping):
             return {s.index: float(self.share) for s in hidden}
-        owner = {arch.step(p).target: s.index for s in hidden for p in s.producers}
+        owner = space_of_layers(arch)
         unknown = [name for name in self.share if name not in owner]
         if unknown:
             raise ValueError(
                 f"share names unknown layer(s) {unknown}; the mergeable layers are {list(owner)}"
             )
-        return {
-            s.index: float(next((v for n, v in self.share.items() if owner[n] == s.index), 0.0))
-            for s in hidden
-        }
+        shares: dict[int, float] = {s.index: 0.0 for s in hidden}
+        named: dict[int, str] = {}
+        for name, value in self.share.items():
+            index = owner[name]
+            if index in named:
+                raise ValueError(
+                    f"share names the layers {named[index]!r} and {name!r}, which write one "
+                    "channel space (a residual stage, zipped as one); give its share once"
+                )
+            named[index] = name
+            shares[index] = float(value)
+        return shares
 
 
 def _fold_batchnorms(prepared: Prepared) -> None:

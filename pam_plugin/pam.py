@@ -40,14 +40,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cut_plugin.vocabulary import check_choice, check_int, check_number, check_task_mapping
 from pam_plugin.activations import gather_samples, record_activations
 from pam_plugin.architecture import Space
-from pam_plugin.construction import Assignment, Prepared, build_network
+from pam_plugin.construction import Assignment, Prepared, build_network, space_of_layers
 from pam_plugin.grouping import GROUPINGS, Grouping, GroupKey, Neuron, relevance_groups
 from pam_plugin.information import check_labels, check_sigma2
 from pam_plugin.merged import MergedNetwork
 from pam_plugin.search import MAX_MEMORY, irrelevant_set
-from pam_plugin.validation import check_choice, check_int, check_number, check_task_mapping
 
 __all__ = ["PAMMerger"]
 
@@ -104,7 +104,11 @@ class PAMMerger:
     def groups(
         self, networks: Mapping[str, nn.Module], inputs: Tensor, labels: Mapping[str, Tensor]
     ) -> dict[str, dict[GroupKey, list[Neuron]]]:
-        """The groups ``merge`` would build: ``{layer name: {group key: neurons}}``."""
+        """The groups ``merge`` would build: ``{layer module name: {group key: neurons}}``.
+
+        A layer is named by its conv/linear module (a ResNet stage by its first
+        layer); the result can be given to :func:`pam_plugin.build_merged`.
+        """
         prepared = Prepared(networks, inputs, min_samples=2)
         names = {s.index: s.name for s in prepared.architecture.hidden_spaces}
         return {
@@ -150,11 +154,11 @@ class PAMMerger:
         hidden = prepared.architecture.hidden_spaces
         if self.layers is None:
             return list(hidden)
-        owner = {prepared.architecture.step(p).target: s for s in hidden for p in s.producers}
+        owner = space_of_layers(prepared.architecture)
         unknown = [name for name in self.layers if name not in owner]
         if unknown:
             raise ValueError(
                 f"layers names unknown layer(s) {unknown}; the mergeable layers are {list(owner)}"
             )
-        chosen = {owner[name].index for name in self.layers}
+        chosen = {owner[name] for name in self.layers}
         return [s for s in hidden if s.index in chosen]

@@ -89,3 +89,71 @@ def test_config_validation():
         CUTSuiteConfig(methods=("cut", "magic"))
     with pytest.raises(ValueError, match="ratios"):
         CUTSuiteConfig(ratios=(1.5,))
+
+
+def test_every_part_keeps_the_contract():
+    from benchmarks.parts import PARTS
+
+    for name, part in PARTS.items():
+        assert part.name == name
+        assert all(
+            callable(f) for f in (part.config, part.run, part.render, part.summary, part.plots)
+        )
+        assert part.configure({}) == part.config()  # every setting has a default
+
+
+def test_suites_are_data_and_every_setting_is_validated():
+    from benchmarks.parts import PARTS
+    from benchmarks.suites import SUITES, SUITES_FILE
+
+    raw = json.loads(SUITES_FILE.read_text())
+    assert set(raw) == set(SUITES) == {"quick", "full"}
+    for name, suite in SUITES.items():
+        configs = suite.configs()
+        assert list(configs) == list(raw[name]["parts"])
+        for part, config in configs.items():
+            assert isinstance(config, PARTS[part].config)
+    quick = SUITES["quick"].configs()
+    assert quick["cut"].subsets == (("digit", "parity"),)  # JSON lists became tuples
+    assert "scratch" in SUITES["full"].configs()["cut"].methods
+
+
+def test_bad_settings_name_the_part_and_the_choices():
+    from benchmarks.parts import PARTS
+
+    with pytest.raises(ValueError, match=r"part 'cut' has no setting\(s\) \['ratio'\]"):
+        PARTS["cut"].configure({"ratio": 0.5})
+    with pytest.raises(ValueError, match="ratios"):
+        PARTS["cut"].configure({"ratios": [1.5]})
+
+
+def test_old_part_name_and_cuda_and_unknown_parts(monkeypatch):
+    from benchmarks import suites
+
+    with pytest.raises(ValueError, match="CPU only"):
+        suites.run_suite("quick", device="cuda", parts=["cut"])
+    with pytest.raises(ValueError, match=r"no part\(s\) \['nope'\]"):
+        suites.run_suite("quick", parts=["nope"])
+    calls = []
+    fake = suites.PARTS["latency_scaling"].__class__(
+        **{**suites.PARTS["latency_scaling"].__dict__, "run": lambda c, **kw: calls.append(c) or {}}
+    )
+    monkeypatch.setitem(suites.PARTS, "latency_scaling", fake)
+    with pytest.warns(DeprecationWarning, match="now called 'latency_scaling'"):
+        results = suites.run_suite("quick", parts=["speedup"], progress=False)
+    assert list(results["metrics"]) == ["latency_scaling"] and len(calls) == 1
+
+
+def test_latency_scaling_measures_a_compact_model_and_reads_old_results():
+    from benchmarks.latency_scaling import LatencyScalingConfig, run_latency_scaling
+
+    metrics = run_latency_scaling(LatencyScalingConfig(widths=(8,), repeats=1), seed=0)
+    (row,) = metrics["rows"]
+    assert row["compact_macs"] < row["dense_macs"] and row["mac_reduction"] > 1.5
+    results = {
+        "run_info": {"suite": "old", "seed": 0, "git_sha": "x", "seconds": 1.0},
+        "metrics": {"speedup": metrics},  # a results.json written before the rename
+        "meta_info": {"cpu_count": 2, "torch": torch.__version__},
+    }
+    report = render_report(results)
+    assert "Latency speed-up against MAC reduction, by width" in report and "| 8 |" in report

@@ -337,7 +337,7 @@ def test_inplace_wraps_the_given_model_as_nni_pruners_do():
         ),
         ([{"op_types": ["Conv2d"], "sparse_threshold": 0.1}], "sparse_threshold"),
         ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "ratio": 0.2}], "unknown key"),
-        ([{"op_types": ["Conv2d"], "sparse_ratio": 1.5}], "sparse_ratio must be a float in"),
+        ([{"op_types": ["Conv2d"], "sparse_ratio": 1.5}], r"sparse_ratio must be in \[0.0, 1.0\]"),
         ([{"op_types": ["conv2d"], "sparse_ratio": 0.5}], "selects no layer"),
         ([{"sparse_ratio": 0.5}], "not a valid NNI pruning config"),
     ],

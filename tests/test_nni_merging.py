@@ -105,7 +105,10 @@ def test_merged_then_nni_pruned_then_sped_up_keeps_for_tasks(
 ):
     merged, x, labels = merged_networks[case]
     exclusive = [
-        g for sizes in merged.group_sizes()[:-1] for g in sizes if len(merged.group_tasks[g]) == 1
+        g
+        for sizes in list(merged.group_sizes().values())[:-1]
+        for g in sizes
+        if len(merged.group_tasks[g]) == 1
     ]
     assert exclusive, f"{case} merged nothing task-exclusive: {merged.group_sizes()}"
     snapshot = state_snapshot(merged)

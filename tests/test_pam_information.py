@@ -20,7 +20,7 @@ from pam_plugin.information import (
 
 
 def literal_information(features: list[list[float]], labels: list[int], sigma2: float) -> float:
-    """A literal port of METHODS.md: H(Z) with its constants, I = H(Z) − Σ_v p(v) H(Z | y=v)."""
+    """A literal port of the official PAM code: H(Z) with its constants, I = H(Z) − Σ_v p(v) H(Z | y=v)."""
 
     def entropy(rows: list[list[float]]) -> float:
         count, dim = len(rows), len(rows[0])

@@ -37,7 +37,7 @@ def test_exclusive_groups_reproduce_every_network(name: str) -> None:
     for task, network in networks.items():
         assert torch.allclose(outputs[task], network(x), atol=1e-6, rtol=0)
     assert_unchanged(networks, before)
-    for sizes in merged.group_sizes()[:-1]:
+    for sizes in list(merged.group_sizes().values())[:-1]:
         assert set(sizes) == {"A", "B", "C"}  # no merging: every group exclusive
 
 
@@ -93,10 +93,12 @@ def test_given_groups_are_built_and_unused_groups_are_removed() -> None:
     second = {everyone: [((t, i),) for t in "AB" for i in range(8)]}
     merged = build_merged(networks, x, {"0": first, "4": second})
     sizes = merged.group_sizes()
-    assert sizes[0] == {"shared": 12}  # A's and B's exclusive groups fed nothing: removed
-    assert sizes[1] == {"shared": 16}
-    assert sizes[2] == {"A": 3, "B": 4}
-    assert set(merged.groups("_1")) == {"shared"}  # their BatchNorms are gone too
+    assert sizes == {
+        "0": {"shared": 12},  # A's and B's exclusive groups fed nothing: removed
+        "4": {"shared": 16},
+        "6": {"A": 3, "B": 4},
+    }
+    assert set(merged.groups("1")) == {"shared"}  # their BatchNorms are gone too
     outputs = merged.eval()(x)
     assert outputs["A"].shape == (x.shape[0], 3) and outputs["B"].shape == (x.shape[0], 4)
 
@@ -139,8 +141,43 @@ def test_merged_network_is_a_module_with_one_block_per_group() -> None:
     merged = build_merged(networks_for("lenet"), inputs_for("lenet"))
     assert isinstance(merged, nn.Module) and isinstance(merged, MergedNetwork)
     assert list(merged.layer_groups()) == ["0", "3", "7", "9"]
-    assert set(merged.groups("_0")) == {"A", "B"}
+    assert set(merged.groups("0")) == {"A", "B"}
+    assert merged.output_layer_names == ("9",)
     assert [list(m) for m in merged.output_layers().values()] == [
-        [merged.groups("_9")["A"]],
-        [merged.groups("_9")["B"]],
+        [merged.groups("9")["A"]],
+        [merged.groups("9")["B"]],
     ]
+
+
+def test_layers_and_modules_are_named_by_module_name() -> None:
+    """groups/group_sizes/layer_groups take the networks' module names; node names are deprecated."""
+    networks, x = networks_for("resnet"), inputs_for("resnet")
+    merged = build_merged(networks, x)
+    module_names = {name for name, _ in networks["A"].named_modules()}
+    assert list(merged.group_sizes()) == list(merged.layer_groups())
+    assert set(merged.group_sizes()) <= module_names
+    assert "layer1.conv1" in merged.group_sizes()  # a dotted name, not the fx node layer1_conv1
+    for name in ("layer1.conv1", "layer2.shortcut.1"):  # a conv layer, a BatchNorm
+        assert set(merged.groups(name)) == {"A", "B"}
+    assert merged.groups("layer1.conv1")["A"] is merged.layer_groups()["layer1.conv1"]["A"]
+    with pytest.warns(DeprecationWarning, match=r"groups\('layer1.conv1'\)"):
+        by_node = merged.groups("layer1_conv1")
+    assert by_node is merged.groups("layer1.conv1")
+    with pytest.raises(ValueError, match="module names are"):
+        merged.groups("nope")
+
+
+def test_a_residual_stage_is_named_by_any_of_its_layers() -> None:
+    """stem and layer1.conv2 write one channel space: either name gives it its groups."""
+    networks, x = networks_for("resnet"), inputs_for("resnet")
+    everyone = frozenset("AB")
+    stage = {everyone: [((t, i),) for t in "AB" for i in range(4)]}
+    by_first = build_merged(networks, x, {"stem": stage}).group_sizes()
+    by_second = build_merged(networks, x, {"layer1.conv2": stage}).group_sizes()
+    assert by_first == by_second
+    assert by_first["stem"] == {"shared": 8}
+    assert by_first != build_merged(networks, x).group_sizes()  # the groups were used
+    with pytest.raises(ValueError, match="one channel space"):
+        build_merged(networks, x, {"stem": stage, "layer1.conv2": stage})
+    with pytest.raises(ValueError, match="one channel space"):
+        MTZMerger(share={"stem": 1.0, "layer1.conv2": 0.5}).merge(networks, x)

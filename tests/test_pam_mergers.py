@@ -70,12 +70,13 @@ def test_pam_shares_the_neurons_of_identical_copies() -> None:
     before = snapshot(networks)
     merged = PAMMerger(alpha_conv=0.05, alpha_fc=0.05).merge(networks, x, {"A": same, "B": same})
     assert_unchanged(networks, before)
-    hidden = merged.group_sizes()[:-1]
-    assert all(set(sizes) == {"shared"} for sizes in hidden)  # the same relevance for both tasks
-    assert all(
-        0 < sizes["shared"] <= 2 * width for sizes, width in zip(hidden, (4, 6, 16), strict=True)
-    )
-    assert merged.group_sizes()[-1] == {"A": 3, "B": 3}
+    sizes = merged.group_sizes()
+    assert list(sizes) == ["0", "3", "7", "9"]  # keyed by the networks' module names
+    hidden = {layer: sizes[layer] for layer in ("0", "3", "7")}
+    assert all(set(s) == {"shared"} for s in hidden.values())  # same relevance for both tasks
+    widths = {"0": 4, "3": 6, "7": 16}
+    assert all(0 < hidden[layer]["shared"] <= 2 * widths[layer] for layer in hidden)
+    assert sizes["9"] == {"A": 3, "B": 3}
 
 
 def test_pam_groups_by_task_relevance() -> None:
@@ -106,8 +107,8 @@ def test_pam_subsets_give_a_group_per_task_subset() -> None:
     networks = networks_for("mlp", ("A", "B", "C"), same=True)
     paper = PAMMerger(alpha_fc=0.05).merge(networks, x, labels)
     subsets = PAMMerger(alpha_fc=0.05, grouping="subsets").merge(networks, x, labels)
-    assert all(set(s) <= {"shared", "A", "B", "C"} for s in paper.group_sizes())
-    assert any("A&B" in s for s in subsets.group_sizes())  # relevant to A and B (same labels) only
+    assert all(set(s) <= {"shared", "A", "B", "C"} for s in paper.group_sizes().values())
+    assert any("A&B" in s for s in subsets.group_sizes().values())  # relevant to A and B only
     outputs = subsets.eval()(x)
     for tasks in (["A"], ["B", "C"]):
         sub = subsets.for_tasks(tasks)(x)
@@ -120,7 +121,7 @@ def test_pam_layers_option_merges_only_the_listed_layers() -> None:
         networks_for("lenet"), x, labels_for(x)
     )
     sizes = merged.group_sizes()
-    assert sizes[0] == {"A": 4, "B": 4} and sizes[2] == {"A": 16, "B": 16}
+    assert sizes["0"] == {"A": 4, "B": 4} and sizes["7"] == {"A": 16, "B": 16}
     with pytest.raises(ValueError, match="unknown layer"):
         PAMMerger(layers=["nope"]).merge(networks_for("lenet"), x, labels_for(x))
 
@@ -248,7 +249,7 @@ def test_mtz_zips_identical_networks_exactly(factory: Callable[..., nn.Module]) 
     before = snapshot(networks)
     merged = MTZMerger(share=1.0).merge(networks, x).eval()
     assert_unchanged(networks, before)
-    assert all(set(sizes) == {"shared"} for sizes in merged.group_sizes()[:-1])
+    assert all(set(sizes) == {"shared"} for sizes in list(merged.group_sizes().values())[:-1])
     outputs, expected = merged(x), network(x)
     for task in networks:
         assert torch.allclose(outputs[task], expected, atol=1e-8, rtol=0)
@@ -258,7 +259,8 @@ def test_mtz_partial_sharing_changes_the_network() -> None:
     networks, x = networks_for("lenet"), inputs_for("lenet", 16)
     merged = MTZMerger(share=0.5).merge(networks, x).eval()
     sizes = merged.group_sizes()
-    assert sizes[0] == {"shared": 2, "A": 2, "B": 2} and sizes[2] == {"shared": 8, "A": 8, "B": 8}
+    assert sizes["0"] == {"shared": 2, "A": 2, "B": 2}
+    assert sizes["7"] == {"shared": 8, "A": 8, "B": 8}
     outputs = merged(x)
     assert not torch.allclose(outputs["A"], networks["A"](x), atol=1e-3)  # zipping is lossy here
     exclusive = MTZMerger(share=0.0).merge(networks, x).eval()(x)
@@ -278,8 +280,8 @@ def test_mtz_bad_input_is_a_clear_error() -> None:
 def test_mtz_share_per_layer() -> None:
     networks, x = networks_for("lenet"), inputs_for("lenet", 16)
     sizes = MTZMerger(share={"0": 1.0, "3": 0.5}).merge(networks, x).group_sizes()
-    assert sizes[0] == {"shared": 4} and sizes[1] == {"shared": 3, "A": 3, "B": 3}
-    assert sizes[2] == {"A": 16, "B": 16}
+    assert sizes["0"] == {"shared": 4} and sizes["3"] == {"shared": 3, "A": 3, "B": 3}
+    assert sizes["7"] == {"A": 16, "B": 16}
     with pytest.raises(ValueError, match="unknown layer"):
         MTZMerger(share={"conv9": 1.0}).merge(networks, x)
     with pytest.raises(ValueError, match="share"):

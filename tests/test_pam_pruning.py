@@ -24,7 +24,9 @@ def pam_merged(name: str) -> tuple[MergedNetwork, torch.Tensor, dict[str, torch.
 def check_pruned(merged: MergedNetwork, pruned: MergedNetwork, x: torch.Tensor) -> None:
     """MACs fall, output widths kept, for_tasks equals the full pruned network."""
     assert network_cost(pruned, x[:2]).macs < network_cost(merged, x[:2]).macs
-    assert pruned.group_sizes()[-1] == merged.group_sizes()[-1]
+    assert list(pruned.group_sizes()) == list(merged.group_sizes())  # the same layers, by name
+    output = merged.output_layer_names[-1]
+    assert pruned.group_sizes()[output] == merged.group_sizes()[output]
     pruned.eval()
     full = pruned(x)
     assert {t: v.shape for t, v in full.items()} == {
@@ -35,8 +37,8 @@ def check_pruned(merged: MergedNetwork, pruned: MergedNetwork, x: torch.Tensor) 
 
 
 @pytest.mark.parametrize("name", ["lenet", "resnet", "functional"])
-@pytest.mark.parametrize("groups", ["shared", "all"])
-def test_magnitude_pruning_of_a_pam_network(name: str, groups: str) -> None:
+@pytest.mark.parametrize("pruned_groups", ["shared", "all"])
+def test_magnitude_pruning_of_a_pam_network(name: str, pruned_groups: str) -> None:
     merged, x, _ = pam_merged(name)
     before = snapshot({"m": merged})
     pruned = prune_merged(
@@ -44,7 +46,7 @@ def test_magnitude_pruning_of_a_pam_network(name: str, groups: str) -> None:
         x[:2],
         importance=tp.importance.GroupMagnitudeImportance(),
         pruning_ratio=0.5,
-        groups=groups,  # type: ignore[arg-type]
+        pruned_groups=pruned_groups,  # type: ignore[arg-type]
     )
     assert_unchanged({"m": merged}, before)
     check_pruned(merged, pruned, x)
@@ -53,14 +55,21 @@ def test_magnitude_pruning_of_a_pam_network(name: str, groups: str) -> None:
 def test_shared_pruning_keeps_exclusive_groups_and_all_prunes_them() -> None:
     merged, x = partly_shared()
     importance = tp.importance.GroupMagnitudeImportance()
-    shared = prune_merged(merged, x[:2], importance=importance, pruning_ratio=0.5, groups="shared")
-    everything = prune_merged(merged, x[:2], importance=importance, pruning_ratio=0.5, groups="all")
-    for original, kept, pruned in zip(
-        merged.group_sizes()[:-1],
-        shared.group_sizes()[:-1],
-        everything.group_sizes()[:-1],
-        strict=True,
-    ):
+    shared = prune_merged(
+        merged, x[:2], importance=importance, pruning_ratio=0.5, pruned_groups="shared"
+    )
+    everything = prune_merged(
+        merged, x[:2], importance=importance, pruning_ratio=0.5, pruned_groups="all"
+    )
+    sizes = merged.group_sizes()
+    hidden = [layer for layer in sizes if layer not in merged.output_layer_names]
+    assert hidden
+    for layer in hidden:
+        original, kept, pruned = (
+            sizes[layer],
+            shared.group_sizes()[layer],
+            everything.group_sizes()[layer],
+        )
         assert kept["shared"] < original["shared"]
         assert {g: kept[g] for g in "ABC"} == {g: original[g] for g in "ABC"}
         assert all(pruned[g] < original[g] for g in "ABC")
@@ -95,11 +104,27 @@ def test_prune_merged_rejects_bad_arguments() -> None:
     merged = build_merged(networks_for("mlp"), inputs_for("mlp"))
     x = inputs_for("mlp", 2)
     importance = tp.importance.GroupMagnitudeImportance()
-    with pytest.raises(ValueError, match="groups must be one of"):
-        prune_merged(merged, x, importance=importance, pruning_ratio=0.5, groups="exclusive")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pruned_groups must be one of"):
+        prune_merged(merged, x, importance=importance, pruning_ratio=0.5, pruned_groups="exclusive")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="pruning_ratio"):
         prune_merged(merged, x, importance=importance, pruning_ratio=1.0)
     with pytest.raises(TypeError, match="Importance"):
         prune_merged(merged, x, importance=lambda group: None, pruning_ratio=0.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="MergedNetwork"):
         prune_merged(networks_for("mlp")["A"], x, importance=importance, pruning_ratio=0.5)  # type: ignore[arg-type]
+
+
+def test_groups_is_the_deprecated_name_of_pruned_groups() -> None:
+    merged, x = partly_shared()
+    importance = tp.importance.GroupMagnitudeImportance()
+    with pytest.warns(DeprecationWarning, match="pruned_groups"):
+        old = prune_merged(merged, x[:2], importance=importance, pruning_ratio=0.5, groups="all")
+    new = prune_merged(merged, x[:2], importance=importance, pruning_ratio=0.5, pruned_groups="all")
+    shared = prune_merged(merged, x[:2], importance=importance, pruning_ratio=0.5)
+    assert old.group_sizes() == new.group_sizes()
+    assert old.group_sizes() != shared.group_sizes()  # groups= reached the pruner, not ignored
+    with pytest.raises(TypeError, match="both pruned_groups= and .* groups="):
+        prune_merged(
+            merged, x[:2], importance=importance, pruning_ratio=0.5,
+            pruned_groups="shared", groups="all",
+        )  # fmt: skip

@@ -140,7 +140,11 @@ def test_register_a_new_name_then_build_it():
 @pytest.mark.parametrize(
     ("args", "error", "message"),
     [
-        (("pruners", "x"), ValueError, r"kind must be one of \['importance', 'pruner', 'merger'\]"),
+        (
+            ("pruners", "x"),
+            ValueError,
+            r"kind must be one of \['importance', 'pruner', 'merger', 'prune'\]",
+        ),
         (("pruner", "Cut"), ValueError, "lower case"),
         (("pruner", "1cut"), ValueError, "lower case"),
         (("pruner", "my pruner"), ValueError, "lower case"),
@@ -230,3 +234,96 @@ def test_the_registry_imports_nni_only_when_an_nni_entry_is_built():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+PRUNE_BUILT_IN = {
+    "torch_pruning": ["cut", "disparse", "magnitude", "merged", "random", "taylor"],
+    "nni": ["l1", "l2"],
+}
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_prune_entries_are_listed():
+    for framework, names in PRUNE_BUILT_IN.items():
+        assert available("prune", framework=framework) == names
+
+
+@pytest.mark.parametrize(
+    ("config", "direct"),
+    [
+        ({"prune": "cut"}, {"function": "cut_prune", "rule": "vote"}),
+        ({"prune": "disparse"}, {"function": "cut_prune", "rule": "any"}),
+        (
+            {"prune": "cut", "granularity": "weight"},
+            {"function": "cut_prune", "granularity": "weight"},
+        ),
+        ({"prune": "magnitude"}, {"function": "baseline_prune", "importance": "magnitude"}),
+        ({"prune": "taylor"}, {"function": "baseline_prune", "importance": "taylor"}),
+    ],
+)
+def test_a_prune_entry_is_the_adapter_call(objects, config, direct):
+    """Same model from the registry and from the adapter function; the argument untouched."""
+    import adapters.torch_pruning as atp
+
+    model, example = objects["model"], objects["example_inputs"]
+    tasks = list(objects["losses"])
+    snapshot = state_snapshot(model)
+    common = {"tasks": tasks, "losses": objects["losses"], "data": objects["data"]}
+    torch.manual_seed(0)
+    built = build({**config, "pruning_ratio": 0.5}, **objects, tasks=tasks)
+    options = dict(direct)
+    function = getattr(atp, options.pop("function"))
+    if function is atp.cut_prune:
+        options["progress"] = False
+    torch.manual_seed(0)
+    reference = function(model, example, pruning_ratio=0.5, **common, **options)
+    assert same_state(model, snapshot)
+    assert _params(built) == _params(reference)
+    with torch.no_grad():
+        ours, theirs = built.eval()(example), reference.eval()(example)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.allclose(ours[t], theirs[t]) for t in ours)
+    if config.get("granularity") == "weight":
+        zeros = sum(int((p == 0).sum()) for p in built.parameters())
+        assert zeros > 0.3 * _params(built)
+    else:
+        assert _params(built) < _params(model)
+
+
+def test_nni_prune_gives_a_smaller_model_keeping_the_outputs(objects):
+    pytest.importorskip("nni")
+    model, example = objects["model"], objects["example_inputs"]
+    snapshot = state_snapshot(model)
+    compact = build({"prune": "l1", "framework": "nni", "pruning_ratio": 0.5}, **objects)
+    assert same_state(model, snapshot)
+    assert _params(compact) < _params(model)
+    with torch.no_grad():
+        before, after = model.eval()(example), compact.eval()(example)
+    assert {t: v.shape for t, v in before.items()} == {t: v.shape for t, v in after.items()}
+
+
+def test_merged_prune_takes_an_importance_name():
+    from pam_plugin import MTZMerger
+
+    torch.manual_seed(0)
+    networks = {
+        t: torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3)
+        )
+        for t in ("a", "b")
+    }
+    x = torch.randn(8, 1, 4, 4)
+    merged = MTZMerger(share=0.5).merge(networks, x)
+    pruned = build(
+        {"prune": "merged", "criterion": "magnitude", "pruned_groups": "all"},
+        model=merged,
+        example_inputs=x[:2],
+        pruning_ratio=0.5,
+    )
+    assert _params(pruned) < _params(merged)
+    assert set(pruned(x)) == {"a", "b"}
+    with pytest.raises(ValueError, match="unknown importance"):
+        build({"prune": "merged", "criterion": "lottery"}, model=merged, example_inputs=x[:2])

@@ -110,7 +110,7 @@ def test_rules_give_different_models(setup):
 def test_importance_accumulates_and_ranks_voted_channels_first(setup):
     model, batches, losses = setup
     selected = select_tasks(model, ["a", "b"])
-    imp = atp.CUTImportance(losses, tasks=["a", "b"], progress=False)
+    imp = atp.CUTImportance(losses, tasks=["a", "b"], progress=False, calibrate=False)
     imp.estimate(selected, batches)
     acc = atp.CUTImportance(losses, tasks=["a", "b"], progress=False)
     for inputs, targets in batches:
@@ -134,6 +134,10 @@ def test_importance_accumulates_and_ranks_voted_channels_first(setup):
     both = kept_by.all(0)
     assert both.any() and (~both).any()
     assert ranking[both].min() > ranking[~both].max()
+    # Calibrated (the default): the fused verdict itself keeps exactly keep_ratio of the group.
+    calibrated = atp.CUTImportance(losses, tasks=["a", "b"], progress=False)
+    calibrated.scores, calibrated._names = imp.scores, imp._names
+    assert int((calibrated(group) >= 2).sum()) == 16 > int(both.sum())
 
 
 def test_masked_equals_physically_pruned():
@@ -178,7 +182,7 @@ def test_save_load_round_trip(tmp_path, setup):
     loaded = atp.load_pruned(path, ResidualNet, (x[:1],)).eval()
     for task, value in compact.eval()(x).items():
         torch.testing.assert_close(loaded(x)[task], value, atol=0, rtol=0)
-    with pytest.raises(ValueError, match="no pruning history"):
+    with pytest.raises(ValueError, match="no pruning record"):
         atp.save_pruned(ResidualNet(), tmp_path / "plain.pt")
 
 

@@ -11,6 +11,8 @@ from typing import Any, Literal, get_args
 from nni.compression.base.config import default_config_schema, trans_legacy_config_list
 from schema import SchemaError
 
+from cut_plugin.vocabulary import check_number
+
 __all__ = ["CONFIG_KEYS", "GRANULARITIES", "Granularity", "check_config_list"]
 
 Granularity = Literal["default", "out_channel"]
@@ -38,8 +40,7 @@ def _check_setting(setting: Mapping[str, Any], where: str) -> None:
         value = setting.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{where}: {key} must be a float in [0, 1], got {value!r}")
+        check_number(f"{where}: {key}", value, low=0.0, high=1.0)
     if setting.get("sparse_ratio") == 1.0:
         raise ValueError(f"{where}: sparse_ratio 1.0 would mask everything; use e.g. 0.5")
 

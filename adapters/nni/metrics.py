@@ -18,7 +18,7 @@ with task t's normalised block scores ``v_t = h_t / Σ h_t`` over the blocks t u
   ``cut_plugin.cut_masks`` calibrates. Kept blocks rank above all others, ties and
   the rest by the users' mean ``v_t``.
 - score rules (``mean``, ``max``, ``weighted``): blocks rank by the fused ``v_t`` of
-  their users (``cut_plugin.fusion.combine``).
+  their users (``cut_plugin.fusion.fuse_blocks``).
 
 Implementation notes:
 - The metric returned is the block's rank in the unit, scaled to ``(0, 1]``, so it is
@@ -29,56 +29,14 @@ Implementation notes:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 
 import torch
 from torch import Tensor
 
-from cut_plugin.fusion import VERDICT_RULES, combine
+from cut_plugin.fusion import fuse_blocks
 
 __all__ = ["unit_metrics"]
-
-
-def _verdicts(
-    values: Tensor, used: Tensor, grain: Tensor, keep_target: float, rule: str, votes: int
-) -> Tensor:
-    """Kept blocks ``(num_blocks,)`` with each task keeping its top fraction, calibrated.
-
-    ``values``/``used``: ``(num_tasks, num_blocks)``; ``grain``: elements per block.
-    """
-    users = used.sum(dim=0)
-    needed = {"any": torch.ones_like(users), "all": users}.get(rule, users.clamp(max=votes))
-    # Each task's rank of every block it uses (0 = most important).
-    ranks = torch.full_like(values, float("inf"))
-    counts = used.sum(dim=1)
-    for t in range(values.shape[0]):
-        index = used[t].nonzero().flatten()
-        order = torch.argsort(values[t, index], descending=True, stable=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(order.numel())
-        ranks[t, index] = rank.to(values.dtype)
-    total = float(grain.sum())
-
-    def kept_for(keep: float) -> Tensor:
-        limit = torch.round(keep * counts.to(values.dtype))[:, None]
-        return ((ranks < limit).sum(dim=0) >= needed) & (users > 0)
-
-    def error(kept: Tensor) -> float:
-        return abs(float(grain[kept].sum()) / max(total, 1.0) - keep_target)
-
-    best = kept_for(keep_target)
-    best_error = error(best)
-    low, high = 0.0, 1.0
-    for _ in range(40):
-        if best_error <= 1e-3:
-            break
-        keep = (low + high) / 2
-        kept = kept_for(keep)
-        if error(kept) < best_error:
-            best, best_error = kept, error(kept)
-        fraction = float(grain[kept].sum()) / max(total, 1.0)
-        low, high = (keep, high) if fraction < keep_target else (low, keep)
-    return best
 
 
 def unit_metrics(
@@ -90,6 +48,7 @@ def unit_metrics(
     rule: str,
     votes: int,
     weights: Mapping[str, float] | None = None,
+    calibrate: bool = True,
 ) -> dict[Hashable, Tensor]:
     """One unit's metric ``{key: Tensor(metric shape)}``: higher = kept longer.
 
@@ -99,7 +58,8 @@ def unit_metrics(
         shapes: ``{key: (metric shape, elements per block)}`` for every key of the unit.
         totals: each task's total raw score, the normaliser of ``v_t``.
         pruning_ratio: the fraction of the unit's elements NNI will mask.
-        rule, votes, weights: the fusion (``cut_plugin.fuse``'s rules).
+        rule, votes, weights, calibrate: the fusion (``cut_plugin.CUTConfig``), computed
+            by the one kernel :func:`cut_plugin.fusion.fuse_blocks`.
     """
     keys = list(shapes)
     sizes = [int(torch.Size(shapes[k][0]).numel()) for k in keys]
@@ -123,13 +83,17 @@ def unit_metrics(
                 flat = value.detach().reshape(-1).float().cpu()
                 values[row, start : start + flat.numel()] = flat / total
                 used[row, start : start + flat.numel()] = True
-        users = used.sum(dim=0)
-        mean = (values * used).sum(dim=0) / users.clamp(min=1)
-        if rule in VERDICT_RULES:
-            kept = _verdicts(values, used, grain, 1.0 - pruning_ratio, rule, votes)
-            score = kept.float() * 2.0 + mean
-        else:
-            score = _fused_scores(values, used, rule, weights, tasks)
+        kept, fused = fuse_blocks(
+            values,
+            used,
+            rule=rule,
+            votes=votes,
+            keep=1.0 - pruning_ratio,
+            calibrate=calibrate,
+            weights=[float(weights[t]) for t in tasks] if rule == "weighted" and weights else None,
+            grain=grain,
+        )
+        score = fused if kept is None else kept.float() * 2.0 + fused
     order = torch.argsort(score, stable=True)
     rank = torch.empty(num_blocks)
     rank[order] = torch.arange(1, num_blocks + 1, dtype=torch.float32) / num_blocks
@@ -137,24 +101,3 @@ def unit_metrics(
         key: piece.reshape(shapes[key][0])
         for key, piece in zip(keys, rank.split(sizes), strict=True)
     }
-
-
-def _fused_scores(
-    values: Tensor,
-    used: Tensor,
-    rule: str,
-    weights: Mapping[str, float] | None,
-    tasks: Sequence[str],
-) -> Tensor:
-    """Score rules over each block's users only (blocks with no user score -1)."""
-    score = torch.full((values.shape[1],), -1.0)
-    patterns = torch.unique(used, dim=1)
-    for p in range(patterns.shape[1]):
-        pattern = patterns[:, p]
-        if not pattern.any():
-            continue
-        columns = (used == pattern[:, None]).all(dim=0)
-        rows = pattern.nonzero().flatten().tolist()
-        names = [tasks[r] for r in rows]
-        score[columns] = combine(values[rows][:, columns], rule, weights, names)
-    return score

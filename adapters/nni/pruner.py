@@ -28,8 +28,7 @@ from adapters.nni.config import check_config_list
 from adapters.nni.masks import plain_copy, unwrapped
 from adapters.nni.metrics import unit_metrics
 from cut_plugin import score_tasks, select_tasks
-from cut_plugin.fusion import Rule, check_rule
-from cut_plugin.scoring import Criterion, check_criterion
+from cut_plugin.config import CUTConfig, resolve_config
 from cut_plugin.vocabulary import Loss, check_losses, check_tasks
 
 __all__ = ["CUTPruner"]
@@ -66,7 +65,7 @@ def _materialise(data: Iterable[Any] | None, max_batches: int | None) -> Iterabl
 class CUTPruner(Pruner):
     """CUT (``rule="vote"``) or DiSparse (``rule="any"``) as an NNI 3.0 ``Pruner``.
 
-    CUT (METHODS.md): each selected task t scores every weight by
+    CUT (the paper, README "How CUT differs from the paper"): each selected task t scores every weight by
     ``Σ_batches |w ⊙ ∂L_t/∂w|`` on the pre-trained weights, normalised by its total;
     each task keeps its top blocks and a block shared by several tasks survives when
     at least ``min(votes, #tasks using it)`` of them keep it (``any``: one task,
@@ -104,8 +103,8 @@ class CUTPruner(Pruner):
         losses: ``{task: loss_fn(output, target) -> scalar}``.
         data: ``(inputs, {task: target})`` batches; None with an ``evaluator``.
         tasks: the tasks to keep (default: every task the model returns).
-        rule, votes, weights: the fusion (:func:`cut_plugin.fuse`).
-        criterion: ``taylor`` (CUT), ``magnitude`` or ``fisher``.
+        config: a :class:`cut_plugin.CUTConfig` (criterion, rule, votes, weights,
+            calibrate), or the same options as keywords (``rule="any"``: DiSparse).
         evaluator: an NNI ``Evaluator``; needed inside ``LinearPruner``/``AGPPruner``.
         max_batches: batches scored per mask generation (None: all of ``data``).
         training_steps: evaluator steps ``compress()`` trains without ``data``
@@ -128,17 +127,15 @@ class CUTPruner(Pruner):
         losses: Mapping[str, Loss],
         data: Iterable[Any] | None = None,
         tasks: Sequence[str] | None = None,
-        rule: Rule = "vote",
-        votes: int = 2,
-        criterion: Criterion = "taylor",
+        config: CUTConfig | Mapping[str, Any] | None = None,
         evaluator: Evaluator | None = None,
         max_batches: int | None = None,
         training_steps: int | None = None,
-        weights: Mapping[str, float] | None = None,
         task_names: Sequence[str] | None = None,
         inplace: bool = False,
         progress: bool = True,
         existed_wrappers: dict[str, ModuleWrapper] | None = None,
+        **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -148,11 +145,9 @@ class CUTPruner(Pruner):
             self.losses = check_losses(losses, self.tasks)
         else:  # every task the model returns; score_tasks checks each has a loss
             self.losses = check_losses(losses, list(losses) if isinstance(losses, Mapping) else [])
-        self.rule, self.votes = check_rule(rule, votes)
-        if self.rule == "weighted" and not isinstance(weights, Mapping):
-            raise ValueError("rule 'weighted' needs weights={task: weight}")
-        self.weights = weights
-        self.criterion = check_criterion(criterion)
+        self.config = resolve_config(config, options, tasks=self.tasks)
+        self.rule, self.votes = self.config.rule, self.config.votes
+        self.weights, self.criterion = self.config.weights, self.config.criterion
         if evaluator is not None and not isinstance(evaluator, Evaluator):
             raise TypeError(
                 f"evaluator must be an NNI Evaluator (e.g. TorchEvaluator), got {type(evaluator).__name__}"
@@ -305,6 +300,7 @@ class CUTPruner(Pruner):
                 rule=self.rule,
                 votes=self.votes,
                 weights=self.weights,
+                calibrate=self.config.calibrate,
             )
             return {key: result[key] for key in members}
         metric_shapes = {shapes[key][0] for key in members}
@@ -324,7 +320,7 @@ class CUTPruner(Pruner):
         }
         group = unit_metrics(
             channels, group_shape, totals, pruning_ratio=ratio, rule=self.rule, votes=self.votes,
-            weights=self.weights,
+            weights=self.weights, calibrate=self.config.calibrate,
         )["group"]  # fmt: skip
         return {key: group.clone() for key in members}
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from adapters.nni.masks import param_masks, plain_copy
 from adapters.torch_pruning import prune_by_masks
-from cut_plugin.vocabulary import Inputs
+from cut_plugin.vocabulary import Inputs, as_example_inputs
 
 __all__ = ["speedup"]
 
@@ -85,7 +85,7 @@ def _shapes(output: Any) -> Any:
 
 def _output_shapes(model: nn.Module, example_inputs: Inputs) -> Any:
     """The shapes of ``model``'s outputs on ``example_inputs`` (eval mode, modes restored)."""
-    inputs = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
+    inputs = as_example_inputs(example_inputs, model)
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()

@@ -12,20 +12,18 @@ import torch_pruning as tp
 from torch import nn
 
 from adapters.torch_pruning.protection import protected_layers, to_copy_kwargs
-from adapters.torch_pruning.serialization import HISTORY, TASKS, pruning_history
 from cut_plugin import select_tasks
+from cut_plugin.record import PruningRecord, history_of, write_record
+from cut_plugin.training import summed_loss
 from cut_plugin.vocabulary import (
     Inputs,
     Loss,
     as_example_inputs,
+    check_choice,
     check_losses,
     check_ratio,
-    check_targets,
     check_tasks,
     iterate_batches,
-    model_device_dtype,
-    run_model,
-    scalar_loss,
 )
 
 __all__ = ["BASELINES", "Baseline", "baseline_prune", "count_macs"]
@@ -72,8 +70,7 @@ def baseline_prune(
     fair baseline for CUT: only the importance differs.
     """
     ratio = check_ratio(pruning_ratio)
-    if importance not in BASELINES:
-        raise ValueError(f"importance must be one of {list(BASELINES)}, got {importance!r}")
+    check_choice("importance", importance, BASELINES)
     example = as_example_inputs(example_inputs, model)
     selected_tasks = check_tasks(tasks)
     compact = select_tasks(model, selected_tasks, task_names=task_names)
@@ -98,22 +95,21 @@ def baseline_prune(
         pruner.step()
     compact.zero_grad(set_to_none=True)
     compact.train(was_training)
-    setattr(compact, TASKS, selected_tasks)
-    setattr(compact, HISTORY, pruning_history(model) + [tuple(h) for h in pruner.pruning_history()])
-    return compact
+    record = PruningRecord(
+        tasks=selected_tasks,
+        task_names=list(task_names) if task_names is not None else None,
+        history=history_of(model) + [tuple(h) for h in pruner.pruning_history()],
+    )
+    return write_record(compact, record)
 
 
 def _accumulate_gradients(
     model: nn.Module, losses: Mapping[str, Loss], data: Iterable[Any], max_batches: int | None
 ) -> None:
-    device, _ = model_device_dtype(model)
+    """``.grad`` = the gradient of the summed task losses over ``data`` (eval mode)."""
     model.zero_grad(set_to_none=True)
     model.eval()
-    for index, inputs, raw in iterate_batches(data, max_batches=max_batches):
-        outputs = run_model(model, inputs)
-        targets = check_targets(raw, list(losses), index)
-        total = sum(
-            scalar_loss(fn, outputs[t], targets[t].to(device), task=t, index=index)
-            for t, fn in losses.items()
-        )
-        total.backward()  # type: ignore[union-attr]
+    for index, inputs, targets in iterate_batches(data, max_batches=max_batches):
+        loss, _ = summed_loss(model, inputs, targets, losses, index=index)
+        if loss is not None:  # None only with an ignore_index, which is not used here
+            loss.backward()

@@ -14,8 +14,8 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from adapters.torch_pruning.protection import protected_layers
-from adapters.torch_pruning.serialization import HISTORY, TASKS, pruning_history
 from cut_plugin.masks import PRUNABLE_TYPES, apply_masks, check_masks
+from cut_plugin.record import copy_record, history_of
 from cut_plugin.vocabulary import Inputs, as_example_inputs
 
 __all__ = ["IN_HANDLERS", "OUT_HANDLERS", "align_masks", "prune_by_masks"]
@@ -162,7 +162,5 @@ def prune_by_masks(
         if graph.check_pruning_group(group):
             group.prune()
     work.train(was_training)
-    setattr(work, HISTORY, pruning_history(model) + [tuple(h) for h in graph.pruning_history()])
-    if hasattr(model, TASKS):
-        setattr(work, TASKS, getattr(model, TASKS))
-    return work
+    history = history_of(model) + [tuple(h) for h in graph.pruning_history()]
+    return copy_record(model, work, history=history, masks=None)

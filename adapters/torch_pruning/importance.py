@@ -5,7 +5,8 @@ Re-exported by :mod:`adapters.torch_pruning`; import from there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -14,8 +15,8 @@ from torch import Tensor, nn
 
 from adapters.torch_pruning.compaction import IN_HANDLERS, OUT_HANDLERS
 from cut_plugin import score_tasks
-from cut_plugin.fusion import Rule, check_rule, rank_channels
-from cut_plugin.scoring import Criterion, check_criterion
+from cut_plugin.config import CUTConfig, resolve_config
+from cut_plugin.fusion import check_keep_ratio, rank_channels
 from cut_plugin.vocabulary import Inputs, Loss, check_losses, check_tasks
 
 __all__ = ["CUTImportance"]
@@ -35,36 +36,59 @@ class CUTImportance(tp.importance.Importance):
 
     Use ``estimate(model, batches)`` (or ``accumulate`` per batch) before pruning;
     scores are keyed by parameter name, so two ``accumulate`` calls add up.
+
+    Options: ``config=CUTConfig(...)`` or its fields as keywords (``criterion``,
+    ``rule``, ``votes``, ``weights`` — a dict, or a list in the order of ``tasks`` —
+    and ``calibrate``: with verdict rules each group's verdict keeps exactly
+    ``keep_ratio`` of its channels, so the rule, not Torch-Pruning's cut, decides).
+    Scores of different groups are made comparable (:func:`cut_plugin.fusion.
+    group_normalise`), so ``global_pruning=True`` allocates by importance.
     """
+
+    _step_keep_ratio: float | None = None
+
+    @property
+    def criterion(self) -> str:
+        return self.config.criterion
+
+    @property
+    def rule(self) -> str:
+        return self.config.rule
+
+    @property
+    def votes(self) -> int:
+        return self.config.votes
+
+    @property
+    def weights(self) -> Mapping[str, float] | None:
+        return self.config.weights
+
+    @contextmanager
+    def keeping(self, keep_ratio: float) -> Iterator[None]:
+        """Within the block, each task keeps ``keep_ratio`` of a group (an iterative step's share)."""
+        previous: float | None = self._step_keep_ratio
+        self._step_keep_ratio = check_keep_ratio(keep_ratio, allow_zero=True)
+        try:
+            yield
+        finally:
+            self._step_keep_ratio = previous
 
     def __init__(
         self,
         losses: Mapping[str, Loss],
         *,
         tasks: Sequence[str] | None = None,
-        criterion: Criterion = "taylor",
-        rule: Rule = "vote",
-        votes: int = 2,
+        config: CUTConfig | Mapping[str, Any] | None = None,
         keep_ratio: float = 0.5,
-        weights: Sequence[float] | None = None,
         task_names: Sequence[str] | None = None,
         progress: bool = True,
+        **options: Any,
     ) -> None:
         self.tasks = check_tasks(tasks) if tasks is not None else list(losses)
         self.losses = check_losses(losses, self.tasks)
-        self.criterion = check_criterion(criterion)
-        self.rule, self.votes = check_rule(rule, votes)
-        if (
-            isinstance(keep_ratio, bool)
-            or not isinstance(keep_ratio, int | float)
-            or not 0 < keep_ratio <= 1
-        ):
-            raise ValueError(
-                f"keep_ratio must be in (0, 1] (the fraction of a group's channels each task keeps), "
-                f"got {keep_ratio!r}"
-            )
-        self.keep_ratio = float(keep_ratio)
-        self.weights = weights
+        self.config = resolve_config(config, options, tasks=self.tasks)
+        self.keep_ratio = check_keep_ratio(keep_ratio)
+        self._step_keep_ratio = None
         self.task_names = task_names
         self.progress = progress
         self.scores: dict[str, dict[str, Tensor]] = {}
@@ -86,7 +110,7 @@ class CUTImportance(tp.importance.Importance):
             [(inputs, targets)],
             self.losses,
             tasks=self.tasks,
-            criterion=self.criterion,  # type: ignore[arg-type]
+            criterion=self.config.criterion,
             progress=False,
             task_names=self.task_names,
         )
@@ -108,7 +132,7 @@ class CUTImportance(tp.importance.Importance):
             batches,
             self.losses,
             tasks=self.tasks,
-            criterion=self.criterion,  # type: ignore[arg-type]
+            criterion=self.config.criterion,
             max_batches=max_batches,
             progress=self.progress,
             task_names=self.task_names,
@@ -192,18 +216,13 @@ class CUTImportance(tp.importance.Importance):
                 totals.append(sum(float(v.sum()) for v in self.scores[task].values()))
         if not rows:
             return None
-        weights = None
-        if self.rule == "weighted":
-            if self.weights is None or len(self.weights) != len(self.tasks):
-                raise ValueError(
-                    f"rule 'weighted' needs weights=[...], one per task of {self.tasks}"
-                )
-            weights = [float(self.weights[i]) for i in used]
+        keep = self.keep_ratio if self._step_keep_ratio is None else self._step_keep_ratio
         return rank_channels(
             torch.stack(rows),
             torch.tensor(totals, device=rows[0].device),
-            rule=self.rule,
-            votes=self.votes,
-            keep_ratio=self.keep_ratio,
-            weights=weights,  # type: ignore[arg-type]
+            rule=self.config.rule,
+            votes=self.config.votes,
+            keep_ratio=keep,
+            weights=self.config.task_weights([self.tasks[i] for i in used]),
+            calibrate=self.config.calibrate,
         )

@@ -8,7 +8,7 @@ importance::
     import torch_pruning as tp
     from adapters.torch_pruning import prune_merged
     pruned = prune_merged(merged, (x,), importance=tp.importance.GroupMagnitudeImportance(),
-                          pruning_ratio=0.5, groups="shared")
+                          pruning_ratio=0.5, pruned_groups="shared")
 
 Task output layers are never pruned (their widths are the tasks' outputs).
 The result is still a :class:`pam_plugin.MergedNetwork`: ``for_tasks`` reads
@@ -18,8 +18,10 @@ its structure from the pruned modules.
 from __future__ import annotations
 
 import copy
+import functools
+import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import torch
 import torch_pruning as tp
@@ -34,14 +36,43 @@ PRUNED_GROUPS: tuple[PrunedGroups, ...] = ("shared", "all")
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
+
+def _renamed_keyword(old: str, new: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Accept the keyword ``old`` as ``new`` with a ``DeprecationWarning``; both at once is an error."""
+
+    def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(function)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(
+                        f"{function.__name__}() got both {new}= and its deprecated old name "
+                        f"{old}=; pass only {new}={kwargs[old]!r}"
+                    )
+                warnings.warn(
+                    f"{function.__name__}({old}=...) is deprecated; use {new}=...",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+@_renamed_keyword("groups", "pruned_groups")
 def prune_merged(
     merged: MergedNetwork,
     example_inputs: Any,
     *,
     importance: tp.importance.Importance,
     pruning_ratio: float,
-    groups: PrunedGroups = "shared",
+    pruned_groups: PrunedGroups = "shared",
     iterative_steps: int = 1,
     data: Iterable[tuple[Any, Mapping[str, Tensor]]] | None = None,
     losses: Mapping[str, Loss] | None = None,
@@ -54,9 +85,10 @@ def prune_merged(
         example_inputs: ``x`` or ``(x,)``, an input batch ``(B, ...)``.
         importance: any Torch-Pruning importance, e.g.
             ``tp.importance.GroupMagnitudeImportance()`` or ``GroupTaylorImportance()``.
-        pruning_ratio: fraction of the prunable groups' channels removed.
-        groups: ``"shared"`` prunes only layers of groups serving several tasks
-            (the paper's code for VGG/LeNet); ``"all"`` every hidden group.
+        pruning_ratio: fraction of the pruned groups' channels removed.
+        pruned_groups: ``"shared"`` prunes only the groups serving several tasks
+            (the paper's code for VGG/LeNet); ``"all"`` every hidden group. Its old
+            name ``groups=`` still works, with a ``DeprecationWarning``.
         iterative_steps: Torch-Pruning steps reaching ``pruning_ratio``.
         data, losses: ``(inputs, {task: target})`` batches and ``{task: loss}``;
             when given, the gradients of the summed task losses over ``data``
@@ -81,8 +113,10 @@ def prune_merged(
         raise ValueError(
             f"pruning_ratio must be a float in [0, 1) (the fraction removed), got {pruning_ratio!r}"
         )
-    if groups not in PRUNED_GROUPS:
-        raise ValueError(f"groups must be one of {list(PRUNED_GROUPS)}, got {groups!r}")
+    if pruned_groups not in PRUNED_GROUPS:
+        raise ValueError(
+            f"pruned_groups must be one of {list(PRUNED_GROUPS)}, got {pruned_groups!r}"
+        )
     if (
         isinstance(iterative_steps, bool)
         or not isinstance(iterative_steps, int)
@@ -92,7 +126,9 @@ def prune_merged(
     if (data is None) != (losses is None):
         raise ValueError("give data and losses together (the gradients need both), or neither")
     if "ignored_layers" in tp_kwargs:
-        raise TypeError("ignored_layers is chosen by groups=...; prune_merged does not take it")
+        raise TypeError(
+            "ignored_layers is chosen by pruned_groups=...; prune_merged does not take it"
+        )
     inputs = (
         tuple(example_inputs) if isinstance(example_inputs, tuple | list) else (example_inputs,)
     )
@@ -113,7 +149,7 @@ def prune_merged(
         importance=importance,
         pruning_ratio=float(pruning_ratio),
         iterative_steps=iterative_steps,
-        ignored_layers=_ignored_layers(model, groups),
+        ignored_layers=_ignored_layers(model, pruned_groups),
         **tp_kwargs,
     )
     for _ in range(iterative_steps):
@@ -126,10 +162,10 @@ def prune_merged(
     return model
 
 
-def _ignored_layers(model: MergedNetwork, groups: PrunedGroups) -> list[nn.Module]:
+def _ignored_layers(model: MergedNetwork, pruned_groups: PrunedGroups) -> list[nn.Module]:
     """Output layers always; with ``shared``, also every layer of a task-exclusive group."""
     ignored = [m for modules in model.output_layers().values() for m in modules]
-    if groups == "all":
+    if pruned_groups == "all":
         return ignored
     everyone = frozenset(model.tasks)
     for groups_of_layer in model.layer_groups().values():

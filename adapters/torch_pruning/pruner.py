@@ -13,10 +13,9 @@ from torch import nn
 
 from adapters.torch_pruning.importance import CUTImportance
 from adapters.torch_pruning.protection import protected_layers, to_copy_kwargs
-from adapters.torch_pruning.serialization import HISTORY, TASK_NAMES, TASKS, pruning_history
 from cut_plugin import apply_masks, cut_masks, score_tasks, select_tasks
-from cut_plugin.fusion import Rule
-from cut_plugin.scoring import Criterion
+from cut_plugin.config import CUT_OPTIONS, CUTConfig, resolve_config, split_options
+from cut_plugin.record import PruningRecord, history_of, write_record
 from cut_plugin.vocabulary import (
     Inputs,
     Loss,
@@ -38,8 +37,11 @@ class CUTPruner(tp.pruner.BasePruner):
     estimated on ``data``. ``step()`` prunes (re-estimating the scores first when
     an earlier step changed the model). The compact model is ``pruner.model``.
 
-    Torch-Pruning options pass through: ``global_pruning``, ``iterative_steps``,
+    CUT's options: ``config=CUTConfig(...)`` or its fields as keywords. Every other
+    keyword is Torch-Pruning's: ``global_pruning``, ``iterative_steps``,
     ``pruning_ratio_dict``, ``round_to``, ``max_pruning_ratio``, ``ignored_layers``...
+    The compact model carries a :class:`cut_plugin.PruningRecord` (tasks, history,
+    config), updated after every step.
     """
 
     def __init__(
@@ -51,40 +53,40 @@ class CUTPruner(tp.pruner.BasePruner):
         losses: Mapping[str, Loss],
         data: Iterable[Any],
         pruning_ratio: float = 0.5,
-        rule: Rule = "vote",
-        votes: int = 2,
-        criterion: Criterion = "taylor",
+        config: CUTConfig | Mapping[str, Any] | None = None,
         max_batches: int | None = None,
         task_names: Sequence[str] | None = None,
         progress: bool = True,
-        **tp_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
         ratio = check_ratio(pruning_ratio)
+        options, tp_kwargs = split_options(kwargs)
         if "importance" in tp_kwargs:
             raise TypeError(
                 "CUTPruner builds its own CUTImportance; use tp.pruner.BasePruner for another importance"
             )
         example = as_example_inputs(example_inputs, model)
         selected_tasks = check_tasks(tasks)
+        cut = resolve_config(config, options, tasks=selected_tasks)
         compact = select_tasks(model, selected_tasks, task_names=task_names)
         check_losses(losses, selected_tasks)
-        setattr(compact, TASKS, selected_tasks)
-        setattr(compact, TASK_NAMES, list(task_names) if task_names is not None else None)
-        self._prior_history = pruning_history(model)
-        setattr(compact, HISTORY, list(self._prior_history))
+        self._prior_history = history_of(model)
+        write_record(
+            compact,
+            PruningRecord(
+                tasks=selected_tasks,
+                task_names=list(task_names) if task_names is not None else None,
+                history=list(self._prior_history),
+                config=cut,
+            ),
+        )
         tp_kwargs = to_copy_kwargs(model, compact, tp_kwargs)
         ignored = list(tp_kwargs.pop("ignored_layers", None) or [])
         ignored += [
             m for m in protected_layers(compact, example) if all(m is not k for k in ignored)
         ]
         importance = CUTImportance(
-            losses,
-            tasks=selected_tasks,
-            criterion=criterion,
-            rule=rule,
-            votes=votes,
-            keep_ratio=1.0 - ratio,
-            progress=progress,
+            losses, tasks=selected_tasks, config=cut, keep_ratio=1.0 - ratio, progress=progress
         )
         self.data = data
         self.max_batches = max_batches
@@ -108,21 +110,23 @@ class CUTPruner(tp.pruner.BasePruner):
         done = float(schedule[min(self.current_step, last)]) if schedule else 0.0
         # Torch-Pruning's step ratios are fractions of the initial width, but the
         # tasks vote on the channels that are left: each keeps (1 - r_k) / (1 - r_{k-1}).
-        importance.keep_ratio = min(1.0, max(0.0, (1.0 - step_ratio) / max(1.0 - done, 1e-12)))
-        result = super().step(interactive)
+        keep = min(1.0, max(0.0, (1.0 - step_ratio) / max(1.0 - done, 1e-12)))
         if not interactive:
+            with importance.keeping(keep):
+                result = super().step(False)
             self._record_history()
             return result
 
         def groups() -> Any:
-            yield from result
+            with importance.keeping(keep):
+                yield from super(CUTPruner, self).step(True)
             self._record_history()
 
         return groups()
 
     def _record_history(self) -> None:
         history = self._prior_history + [tuple(h) for h in self.pruning_history()]
-        setattr(self.model, HISTORY, history)
+        write_record(self.model, history=history)
 
 
 def cut_prune(
@@ -134,9 +138,7 @@ def cut_prune(
     data: Iterable[Any],
     pruning_ratio: float,
     granularity: str = "channel",
-    rule: Rule = "vote",
-    votes: int = 2,
-    criterion: Criterion = "taylor",
+    config: CUTConfig | Mapping[str, Any] | None = None,
     max_batches: int | None = None,
     task_names: Sequence[str] | None = None,
     progress: bool = True,
@@ -145,10 +147,15 @@ def cut_prune(
     """One call: a new compact model serving only ``tasks`` (the caller's model untouched).
 
     ``granularity="channel"`` removes ``pruning_ratio`` of the channels physically
-    (:class:`CUTPruner`, all steps run; ``kwargs`` go to Torch-Pruning).
-    ``granularity="weight"`` gives the paper's unstructured masks (``cut_masks``;
-    ``kwargs`` go there): the returned model has the masked weights zeroed and its
-    masks in ``model.cut_pam_masks``, to pass to ``finetune(masks=...)``.
+    (:class:`CUTPruner`, all steps run; other ``kwargs`` go to Torch-Pruning).
+    ``granularity="weight"`` gives the paper's unstructured masks (``cut_masks``):
+    the returned model has the masked weights zeroed and its masks in its
+    :class:`cut_plugin.PruningRecord` (``read_record(model).masks``, also
+    ``model.cut_pam_masks``), to pass to ``finetune(masks=...)``.
+
+    CUT's options: ``config=CUTConfig(...)`` or its fields as keywords (``criterion``,
+    ``rule``, ``votes``, ``weights`` — a dict or a list in the order of ``tasks`` —,
+    ``calibrate``).
     """
     if granularity == "channel":
         pruner = CUTPruner(
@@ -158,9 +165,7 @@ def cut_prune(
             losses=losses,
             data=data,
             pruning_ratio=pruning_ratio,
-            rule=rule,
-            votes=votes,
-            criterion=criterion,
+            config=config,
             max_batches=max_batches,
             task_names=task_names,
             progress=progress,
@@ -171,21 +176,32 @@ def cut_prune(
         return pruner.model
     if granularity == "weight":
         ratio = check_ratio(pruning_ratio)
-        selected = select_tasks(model, tasks, task_names=task_names)
+        selected_tasks = check_tasks(tasks)
+        options, rest = split_options(kwargs)
+        if rest:
+            raise TypeError(
+                f"cut_prune(granularity='weight') got unknown option(s) {sorted(rest)}; "
+                f"CUT's options are {list(CUT_OPTIONS)}"
+            )
+        cut = resolve_config(config, options, tasks=selected_tasks)
+        selected = select_tasks(model, selected_tasks, task_names=task_names)
         scores = score_tasks(
             selected,
             data,
             losses,
-            tasks=tasks,
-            criterion=criterion,
+            tasks=selected_tasks,
+            criterion=cut.criterion,
             max_batches=max_batches,
             progress=progress,
         )
-        masks = cut_masks(selected, scores, pruning_ratio=ratio, rule=rule, votes=votes, **kwargs)
+        masks = cut_masks(selected, scores, pruning_ratio=ratio, config=cut)
         pruned = apply_masks(selected, masks, inplace=True)
-        pruned.cut_pam_masks = masks  # type: ignore[assignment]
-        setattr(pruned, TASKS, check_tasks(tasks))
-        setattr(pruned, TASK_NAMES, list(task_names) if task_names is not None else None)
-        setattr(pruned, HISTORY, pruning_history(model))
-        return pruned
+        record = PruningRecord(
+            tasks=selected_tasks,
+            task_names=list(task_names) if task_names is not None else None,
+            history=history_of(model),
+            masks=masks,
+            config=cut,
+        )
+        return write_record(pruned, record)
     raise ValueError(f"granularity must be 'channel' or 'weight', got {granularity!r}")

@@ -8,29 +8,45 @@ by per-op overhead (BatchNorm, ReLU, adds, memory traffic) that MACs do not coun
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-import adapters.torch_pruning as atp
+from adapters.registry import build
+from adapters.torch_pruning import count_macs
 from benchmarks.measure import latency_ms
 from benchmarks.models import build_model
+from benchmarks.part import Part
 
-__all__ = ["render_speedup", "run_speedup"]
+__all__ = [
+    "PART",
+    "LatencyScalingConfig",
+    "latency_scaling_summaries",
+    "render_latency_scaling",
+    "run_latency_scaling",
+]
 
 TASKS = {"digit": 10, "parity": 2, "ge5": 2}
 
 
-def run_speedup(
-    *,
-    widths: tuple[int, ...] = (16, 32, 64),
-    ratio: float = 0.5,
-    batch: int = 64,
-    repeats: int = 10,
-    seed: int = 0,
+@dataclass(frozen=True)
+class LatencyScalingConfig:
+    """Model widths, CUT's pruning ratio, the timed batch and the latency repeats."""
+
+    widths: tuple[int, ...] = (16, 32, 64)
+    ratio: float = 0.5
+    batch: int = 64
+    repeats: int = 10
+
+
+def run_latency_scaling(
+    config: LatencyScalingConfig | None = None, *, seed: int = 0, progress: bool = True
 ) -> dict[str, Any]:
     """Latency and MACs of dense vs CUT-compact models per width."""
+    config = LatencyScalingConfig() if config is None else config
+    widths, ratio, batch, repeats = config.widths, config.ratio, config.batch, config.repeats
     rows = []
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 1, 28, 28, generator=generator)
@@ -41,17 +57,18 @@ def run_speedup(
     for width in widths:
         torch.manual_seed(seed)
         dense = build_model("resnet18", tasks=TASKS, width=width, blocks=[1, 1, 1, 1]).eval()
-        compact = atp.cut_prune(
-            dense,
-            x[:1],
+        compact = build(
+            {"prune": "cut", "framework": "torch_pruning"},
+            model=dense,
+            example_inputs=x[:1],
             tasks=list(TASKS),
             losses=losses,
             data=data,
             pruning_ratio=ratio,
             progress=False,
         )
-        dense_macs, _ = atp.count_macs(dense, x[:1])
-        compact_macs, _ = atp.count_macs(compact, x[:1])
+        dense_macs, _ = count_macs(dense, x[:1])
+        compact_macs, _ = count_macs(compact, x[:1])
         dense_ms = latency_ms(dense, x, repeats=repeats)
         compact_ms = latency_ms(compact, x, repeats=repeats)
         rows.append({
@@ -67,7 +84,7 @@ def run_speedup(
     return {"ratio": ratio, "batch": batch, "rows": rows}
 
 
-def render_speedup(metrics: dict[str, Any]) -> str:
+def render_latency_scaling(metrics: dict[str, Any]) -> str:
     """Markdown table: width, MACs, latency, speed-up / MAC reduction."""
     lines = [
         "| width | MACs dense → compact | latency dense → compact (ms) | speed-up | MAC reduction | speed-up / MAC red. |",
@@ -85,9 +102,19 @@ def render_speedup(metrics: dict[str, Any]) -> str:
     )
 
 
-def speedup_summaries(metrics: dict[str, Any]) -> list[str]:
+def latency_scaling_summaries(metrics: dict[str, Any]) -> list[str]:
     """One line: the efficiency per width."""
     parts = ", ".join(f"width {r['width']}: {r['efficiency']:.2f}" for r in metrics["rows"])
     return [
         f"compact latency speed-up / MAC reduction at batch {metrics['batch']}: {parts} (goal >= 0.8)"
     ]
+
+
+PART = Part(
+    name="latency_scaling",
+    title="Latency speed-up against MAC reduction, by width",
+    config=LatencyScalingConfig,
+    run=run_latency_scaling,
+    render=render_latency_scaling,
+    summary=latency_scaling_summaries,
+)

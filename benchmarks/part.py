@@ -1,0 +1,72 @@
+"""The contract every benchmark part implements: config, run, render, summary, plots.
+
+A suite (``benchmarks/suites.json``) names parts and gives each its settings as
+data; :meth:`Part.configure` turns those settings into the part's frozen config
+dataclass, :attr:`Part.run` measures, and the other three read only the
+returned metrics, so a ``results.json`` can be re-rendered without re-running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Part", "no_plots", "no_summary"]
+
+
+def no_summary(metrics: Any) -> list[str]:
+    """A part without summary lines."""
+    return []
+
+
+def no_plots(metrics: Any, out: Path, plt: Any) -> list[str]:
+    """A part without plots."""
+    return []
+
+
+def _as_tuples(value: Any) -> Any:
+    """JSON lists → tuples, nested (the configs' tuple fields are hashable and frozen)."""
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class Part:
+    """One benchmark part.
+
+    ``config``: the frozen config dataclass (validated in ``__post_init__``).
+    ``run(config, *, seed, progress) -> metrics`` (JSON-serialisable dict).
+    ``render(metrics) -> markdown``; ``summary(metrics) -> lines`` (best method
+    of each table and by how much); ``plots(metrics, out_dir, pyplot) -> file
+    names written``. ``title`` heads the part's section of report.md.
+    """
+
+    name: str
+    title: str
+    config: type
+    run: Callable[..., dict[str, Any]]
+    render: Callable[[Any], str]
+    summary: Callable[[Any], list[str]] = no_summary
+    plots: Callable[[Any, Path, Any], list[str]] = no_plots
+
+    def configure(self, settings: Mapping[str, Any] | None = None) -> Any:
+        """The part's config from a suite's settings (JSON lists become tuples where a field is one)."""
+        if settings is not None and not isinstance(settings, Mapping):
+            raise TypeError(
+                f"part {self.name!r}: settings must be a mapping, got {type(settings).__name__}"
+            )
+        fields = {f.name: f for f in dataclasses.fields(self.config)}
+        unknown = sorted(set(settings or {}) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"part {self.name!r} has no setting(s) {unknown}; its settings are {sorted(fields)}"
+            )
+        values = {
+            name: _as_tuples(value) if str(fields[name].type).startswith("tuple") else value
+            for name, value in (settings or {}).items()
+        }
+        return self.config(**values)
