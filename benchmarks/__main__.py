@@ -1,35 +1,120 @@
-"""``python -m benchmarks run --suite quick|full [--parts ...] [--out DIR] [--seed N] [--device cpu|cuda]``, ``list``, ``readme``."""
+"""``python -m benchmarks run --suite quick|full [--parts ...] [--out DIR] [--seed N] [--device cpu|cuda] [--resume DIR] [--skip-missing]``, ``list``, ``readme``.
+
+Exit status of ``run``: 0 when every selected part finished (skipped parts
+included), 1 when a part failed (recorded in ``run_info.failed_parts``), 2 when
+a part lacks what it needs and ``--skip-missing`` was not given (nothing ran),
+130 when interrupted (the finished parts are written; continue with
+``--resume``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from benchmarks.report import summarise, update_readme, write_results
-from benchmarks.suites import DEVICES, SUITES, run_suite
+from benchmarks.needs import MissingNeeds
+from benchmarks.report import summarise, update_readme
+from benchmarks.suites import DEVICES, SUITES, previous_run, run_suite
+
+DEFAULTS = {"suite": "quick", "seed": 0, "parts": None, "device": "cpu"}
+"""``run``'s defaults when not resuming; a resumed run takes the earlier run's instead."""
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a suite; write results.json, report.md and plots")
-    run.add_argument("--suite", default="quick", choices=sorted(SUITES))
+    run.add_argument("--suite", default=None, choices=sorted(SUITES), help="default quick")
     run.add_argument(
         "--out", type=Path, default=None, help="output folder (default bench-out/<suite>)"
     )
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=None, help="default 0")
     run.add_argument("--parts", nargs="+", default=None, help="run only these parts of the suite")
-    run.add_argument("--device", default="cpu", choices=DEVICES, help="cpu (cuda: not yet)")
+    run.add_argument("--device", default=None, choices=DEVICES, help="cpu (cuda: not yet)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the run in DIR: keep the parts it finished with the same config, seed "
+        "and code, run the rest (suite, seed, parts and device default to that run's)",
+    )
+    run.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="skip the parts whose packages or data are missing (recorded in results.json) "
+        "instead of stopping before the first part",
+    )
     commands.add_parser("list", help="list the suites and their parts")
     readme = commands.add_parser(
         "readme", help="regenerate README.md's results section from a results.json"
     )
     readme.add_argument("results", type=Path)
     readme.add_argument("--readme", type=Path, default=Path("README.md"))
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    settings = dict(DEFAULTS)
+    if args.resume is not None:
+        if args.out is not None and args.out.resolve() != args.resume.resolve():
+            parser.error(f"--resume {args.resume} writes into that folder; drop --out {args.out}")
+        try:
+            earlier = previous_run(args.resume)["run_info"]
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        settings.update({key: earlier[key] for key in DEFAULTS if key in earlier})
+    settings.update({key: getattr(args, key) for key in DEFAULTS if getattr(args, key) is not None})
+    out = args.resume or args.out or Path("bench-out") / settings["suite"]
+    if args.resume is None and (out / "results.json").is_file():
+        status = json.loads((out / "results.json").read_text()).get("run_info", {}).get("status")
+        if status in {"running", "interrupted"}:
+            print(f"note: replacing the unfinished run in {out} (--resume {out} continues it)",
+                  file=sys.stderr)  # fmt: skip
+    try:
+        results = run_suite(
+            settings["suite"],
+            seed=settings["seed"],
+            progress=not args.no_progress,
+            parts=settings["parts"],
+            device=settings["device"],
+            out=out,
+            resume=args.resume is not None,
+            skip_missing=args.skip_missing,
+        )
+    except MissingNeeds as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: the finished parts are in {out}/results.json; continue with\n"
+            f"  python -m benchmarks run --resume {out}",
+            file=sys.stderr,
+        )
+        return 130
+    info = results["run_info"]
+    print(
+        f"\nsuite {info['suite']!r}: {info['seconds']:.0f} s; wrote {out}/results.json, report.md"
+    )
+    if info["kept_parts"]:
+        print(f"  kept from the earlier run: {', '.join(info['kept_parts'])}")
+    for line in summarise(results):
+        print(f"  - {line}")
+    print(f"\n{(out / 'report.md').read_text()}")
+    for part, missing in info["skipped_parts"].items():
+        print(f"skipped {part}: missing {'; '.join(missing)}", file=sys.stderr)
+    for part, failure in info["failed_parts"].items():
+        print(f"FAILED {part}: {failure['error']}\n{failure['traceback']}", file=sys.stderr)
+    return 1 if info["failed_parts"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "list":
         for name, suite in SUITES.items():
             print(f"{name:6s} {suite.description}\n       parts: {', '.join(suite.parts)}")
@@ -38,22 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         update_readme(args.results, args.readme)
         print(f"updated {args.readme} from {args.results}")
         return 0
-    out = args.out or Path("bench-out") / args.suite
-    results = run_suite(
-        args.suite,
-        seed=args.seed,
-        progress=not args.no_progress,
-        parts=args.parts,
-        device=args.device,
-    )
-    write_results(results, out)
-    print(
-        f"\nsuite {args.suite!r}: {results['run_info']['seconds']:.0f} s; wrote {out}/results.json, report.md, plots"
-    )
-    for line in summarise(results):
-        print(f"  - {line}")
-    print(f"\n{(out / 'report.md').read_text()}")
-    return 0
+    return _run(args, parser)
 
 
 if __name__ == "__main__":

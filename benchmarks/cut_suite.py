@@ -26,6 +26,7 @@ from benchmarks.cut_methods import CUT_METHODS, Context
 from benchmarks.data import TaskData, batches, load_data
 from benchmarks.markdown import number, percent, table
 from benchmarks.measure import latency_ms, timed
+from benchmarks.needs import data_needs, module_need
 from benchmarks.part import Part
 from benchmarks.training import evaluate, pretrained
 from cut_plugin import finetune, mask_sparsity, select_tasks
@@ -241,4 +242,8 @@ PART = Part(
     render=cut_tables,
     summary=cut_summaries,
     plots=plot_cut,
+    needs=lambda config: [
+        *data_needs(config.data, config.data_kwargs),
+        *[module_need("nni", f"method {m}") for m in config.methods if m.startswith("nni-")],
+    ],
 )

@@ -28,11 +28,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from adapters.registry import build
 from adapters.torch_pruning import count_macs
 from benchmarks.measure import environment, git_sha, latency_ms
 from benchmarks.models import MODELS, build_model
+from benchmarks.needs import module_need
 from benchmarks.part import Part
 from cut_plugin import EXPORTERS, check_onnx, export_onnx
 from cut_plugin.vocabulary import check_ratio
@@ -239,12 +241,14 @@ def run_edge_latency(config: EdgeConfig, *, seed: int = 0, progress: bool = True
 
     def say(line: str) -> None:
         if progress:
-            print(line, file=sys.stderr, flush=True)
+            tqdm.write(line, file=sys.stderr)
 
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cut-pam-edge-") as folder:
-        for name in config.models:
+        bar = tqdm(config.models, desc="edge", unit="model", disable=not progress)
+        for name in bar:
+            bar.set_postfix(model=name)
             rows += _measure_model(config, name, Path(folder), seed, say)
     meta = environment()
     meta["onnxruntime"] = onnxruntime.__version__
@@ -323,6 +327,15 @@ PART = Part(
     config=EdgeConfig,
     run=run_edge_latency,
     render=render_edge,
+    needs=lambda config: [
+        module_need("onnx", "ONNX export"),
+        module_need("onnxruntime", "onnxruntime latency"),
+        *(
+            [module_need("onnxscript", "the dynamo ONNX exporter")]
+            if config.exporter == "dynamo"
+            else []
+        ),
+    ],
 )
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from adapters.registry import build
 from adapters.torch_pruning import count_macs
@@ -54,7 +55,9 @@ def run_latency_scaling(
         (x[:16], {t: torch.randint(0, c, (16,), generator=generator) for t, c in TASKS.items()})
     ]
     losses = dict.fromkeys(TASKS, F.cross_entropy)
-    for width in widths:
+    bar = tqdm(widths, desc="latency scaling", unit="width", disable=not progress)
+    for width in bar:
+        bar.set_postfix(width=width)
         torch.manual_seed(seed)
         dense = build_model("resnet18", tasks=TASKS, width=width, blocks=[1, 1, 1, 1]).eval()
         compact = build(

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from adapters.registry import build
 from benchmarks.data import IGNORE_INDEX, Split, TaskData, batches, load_data
+from benchmarks.needs import data_needs
 from benchmarks.pam_config import PAM_PRUNERS, PAM_SPLITS, PAMSuiteConfig
 from benchmarks.pam_render import pam_summaries, plot_pam, render_pam
 from benchmarks.part import Part
@@ -375,4 +376,5 @@ PART = Part(
     render=render_pam,
     summary=pam_summaries,
     plots=lambda metrics, out, plt: plot_pam({"metrics": {"pam": metrics}}, out, plt),
+    needs=lambda config: [need for key in config.splits for need in data_needs(key)],
 )

@@ -1,9 +1,11 @@
-"""The contract every benchmark part implements: config, run, render, summary, plots.
+"""The contract every benchmark part implements: config, run, render, summary, plots, needs.
 
 A suite (``benchmarks/suites.json``) names parts and gives each its settings as
 data; :meth:`Part.configure` turns those settings into the part's frozen config
 dataclass, :attr:`Part.run` measures, and the other three read only the
 returned metrics, so a ``results.json`` can be re-rendered without re-running.
+:attr:`Part.needs` lists what the part needs from its config (packages, data
+roots), checked before a suite starts (:mod:`benchmarks.needs`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Part", "no_plots", "no_summary"]
+from benchmarks.needs import Need
+
+__all__ = ["Part", "no_needs", "no_plots", "no_summary"]
 
 
 def no_summary(metrics: Any) -> list[str]:
@@ -24,6 +28,11 @@ def no_summary(metrics: Any) -> list[str]:
 
 def no_plots(metrics: Any, out: Path, plt: Any) -> list[str]:
     """A part without plots."""
+    return []
+
+
+def no_needs(config: Any) -> list[Need]:
+    """A part that needs nothing beyond the base install."""
     return []
 
 
@@ -42,7 +51,8 @@ class Part:
     ``run(config, *, seed, progress) -> metrics`` (JSON-serialisable dict).
     ``render(metrics) -> markdown``; ``summary(metrics) -> lines`` (best method
     of each table and by how much); ``plots(metrics, out_dir, pyplot) -> file
-    names written``. ``title`` heads the part's section of report.md.
+    names written``; ``needs(config) -> [Need]`` (optional packages, data
+    roots). ``title`` heads the part's section of report.md.
     """
 
     name: str
@@ -52,6 +62,7 @@ class Part:
     render: Callable[[Any], str]
     summary: Callable[[Any], list[str]] = no_summary
     plots: Callable[[Any, Path, Any], list[str]] = no_plots
+    needs: Callable[[Any], list[Need]] = no_needs
 
     def configure(self, settings: Mapping[str, Any] | None = None) -> Any:
         """The part's config from a suite's settings (JSON lists become tuples where a field is one)."""

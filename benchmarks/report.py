@@ -1,16 +1,32 @@
-"""results.json → report.md (the papers' table shapes), PNG plots and the README's results section."""
+"""results.json → report.md (the papers' table shapes), PNG plots and the README's results section.
+
+Every file is replaced atomically (written to a temporary file in the same
+folder, then ``os.replace``), so a run killed while writing leaves the previous
+complete file, never half of one.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from benchmarks.parts import PART_ALIASES, PARTS
 
-__all__ = ["render_report", "summarise", "update_readme", "write_plots", "write_results"]
+__all__ = [
+    "render_report",
+    "run_status",
+    "summarise",
+    "update_readme",
+    "write_atomic",
+    "write_plots",
+    "write_results",
+]
 
 
 def _metrics(results: dict[str, Any]) -> dict[str, Any]:
@@ -39,6 +55,9 @@ def render_report(results: dict[str, Any]) -> str:
         f"{results['meta_info'].get('cpu_count')} CPUs, torch {results['meta_info'].get('torch')}",
         "## Summary\n\n" + "\n".join(f"- {line}" for line in summarise(results)),
     ]
+    status = run_status(info)
+    if status:
+        parts.insert(2, "\n".join(f"- {line}" for line in status))
     metrics = _metrics(results)
     for key, part in PARTS.items():
         if key in metrics:
@@ -50,29 +69,72 @@ def render_report(results: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def run_status(info: dict[str, Any]) -> list[str]:
+    """Lines on an unfinished, resumed, failed or partly skipped run (none for a plain one)."""
+    lines = []
+    if info.get("status") == "running":
+        lines.append(f"**Unfinished run**: parts so far {info.get('finished_parts', [])}.")
+    elif info.get("status") == "interrupted":
+        lines.append(f"**Interrupted** during part `{info.get('interrupted_part')}`.")
+    if info.get("kept_parts"):
+        lines.append(f"Resumed: kept {info['kept_parts']} from the earlier run.")
+    for part, failure in info.get("failed_parts", {}).items():
+        lines.append(f"**Failed** `{part}`: {failure['error']}")
+    for part, missing in info.get("skipped_parts", {}).items():
+        lines.append(f"Skipped `{part}`: missing {'; '.join(missing)}")
+    return lines
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step (a temporary file in its folder, then ``os.replace``)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def write_plots(results: dict[str, Any], out: Path) -> list[str]:
-    """PNG plots; returns the file names written."""
+    """PNG plots; returns the file names written.
+
+    Drawn into a temporary folder inside ``out``, then each moved in with ``os.replace``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metrics = _metrics(results)
-    return [
-        name for key, part in PARTS.items() if key in metrics
-        for name in part.plots(metrics[key], out, plt)
-    ]  # fmt: skip
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".plots-"))
+    try:
+        names = [
+            name for key, part in PARTS.items() if key in metrics
+            for name in part.plots(metrics[key], staging, plt)
+        ]  # fmt: skip
+        for name in names:
+            os.replace(staging / name, out / name)
+    finally:
+        plt.close("all")
+        shutil.rmtree(staging, ignore_errors=True)
+    return names
 
 
-def write_results(results: dict[str, Any], out: Path) -> None:
-    """results.json, report.md and the plots into ``out``."""
+def write_results(results: dict[str, Any], out: Path, *, plots: bool = True) -> None:
+    """results.json, report.md and (unless ``plots=False``) the plots into ``out``, each atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    plots = write_plots(results, out)
+    write_atomic(out / "results.json", json.dumps(results, indent=2, default=str))
+    drawn = write_plots(results, out) if plots else []
     report = render_report(results)
-    if plots:
-        report += "\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n"
-    (out / "report.md").write_text(report)
+    if drawn:
+        report += "\n" + "\n".join(f"![{p}]({p})" for p in drawn) + "\n"
+    write_atomic(out / "report.md", report)
 
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from benchmarks.data import batches, load_data
 from benchmarks.measure import peak_memory
 from benchmarks.models import build_model
+from benchmarks.needs import data_needs
 from benchmarks.part import Part
 from cut_plugin import score_tasks
 
@@ -40,7 +42,9 @@ def run_scoring_memory(
     losses = data.losses()
     all_batches = list(itertools.islice(batches(data.train, batch_size, seed=seed), max(counts)))
     rows = []
-    for width in widths:
+    bar = tqdm(widths, desc="scoring memory", unit="width", disable=not progress)
+    for width in bar:
+        bar.set_postfix(width=width)
         torch.manual_seed(seed)
         model = build_model(
             "resnet18", tasks=data.num_classes, width=width, blocks=[1, 1, 1, 1]
@@ -83,4 +87,5 @@ PART = Part(
     config=ScoringMemoryConfig,
     run=run_scoring_memory,
     render=render_memory,
+    needs=lambda config: data_needs("multi_head"),
 )

@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from benchmarks.data import batches, load_data
 from benchmarks.markdown import table
 from benchmarks.measure import peak_memory
 from benchmarks.models import build_model
+from benchmarks.needs import data_needs
 from benchmarks.part import Part
 from cut_plugin import score_tasks
 
@@ -62,7 +64,7 @@ def run_scoring_speed(
     )
     losses = data.losses()
     runs: dict[str, list[tuple[float, float]]] = {"score_tasks": [], "plain_loop": []}
-    for _ in range(config.repeats):
+    for _ in tqdm(range(config.repeats), desc="scoring", unit="repeat", disable=not progress):
         runs["plain_loop"].append(peak_memory(lambda: _plain_loop(model, data_batches, losses)))
         runs["score_tasks"].append(
             peak_memory(lambda: score_tasks(model, data_batches, losses, progress=False))
@@ -117,4 +119,5 @@ PART = Part(
     run=run_scoring_speed,
     render=render_scoring,
     summary=scoring_summaries,
+    needs=lambda config: data_needs(config.data),
 )

@@ -3,12 +3,21 @@
 The suites are data (``suites.json``: ``{suite: {"description", "parts": {part:
 settings}}}``); each part's settings become its config (:meth:`Part.configure`)
 and are validated before anything runs.
+
+A run with an output folder loses nothing: what each selected part needs is
+checked first (:mod:`benchmarks.needs`); results.json and report.md are
+rewritten atomically after every part; a part that raises is recorded in
+``run_info.failed_parts`` and the others still run; ``resume=True`` keeps the
+parts the folder's results.json finished with the same version
+(:mod:`benchmarks.resume`) and runs the rest.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
+import traceback
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,9 +26,23 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import environment, git_sha
+from benchmarks.needs import PLOTS, MissingNeeds, Need, missing_needs, module_need
 from benchmarks.parts import PART_ALIASES, PARTS
+from benchmarks.report import write_results
+from benchmarks.resume import code_version, kept_parts, part_version
 
-__all__ = ["DEVICES", "SUITES", "SUITES_FILE", "Suite", "load_suites", "run_suite"]
+__all__ = [
+    "DEVICES",
+    "SUITES",
+    "SUITES_FILE",
+    "Suite",
+    "load_suites",
+    "previous_run",
+    "run_suite",
+    "suite_needs",
+]
+TRACEBACK_LINES = 30
+"""How many of a failed part's last traceback lines results.json keeps."""
 
 SUITES_FILE = Path(__file__).with_name("suites.json")
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
@@ -73,6 +96,42 @@ def _chosen_parts(name: str, suite: Suite, parts: list[str] | None) -> list[str]
     return chosen
 
 
+def suite_needs(
+    configs: Mapping[str, Any], *, device: str = "cpu", plots: bool = True
+) -> dict[str, list[Need]]:
+    """``{part: needs}`` of the selected parts' configs, plus :data:`PLOTS` (matplotlib) if ``plots``."""
+    needs = {part: list(PARTS[part].needs(config)) for part, config in configs.items()}
+    if device == "cuda":
+        for part in needs:
+            needs[part].append(Need("cuda", "cuda", f"--device cuda for {part}"))
+    if plots:
+        needs[PLOTS] = [module_need("matplotlib", "the report's plots")]
+    return needs
+
+
+def previous_run(out: str | Path) -> dict[str, Any]:
+    """The results.json of an earlier run in ``out`` (what ``--resume`` continues)."""
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"nothing to resume in {out}: {path} does not exist; run without --resume"
+        )
+    return json.loads(path.read_text())
+
+
+def _failure(error: Exception) -> dict[str, str]:
+    lines = "".join(traceback.format_exception(error)).splitlines()
+    return {
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": "\n".join(lines[-TRACEBACK_LINES:]),
+    }
+
+
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        print(line, file=sys.stderr, flush=True)
+
+
 def run_suite(
     name: str,
     *,
@@ -80,8 +139,20 @@ def run_suite(
     progress: bool = True,
     parts: list[str] | None = None,
     device: str = "cpu",
+    out: str | Path | None = None,
+    resume: bool = False,
+    skip_missing: bool = False,
 ) -> dict[str, Any]:
-    """Run suite ``name``; return ``{"run_info", "metrics", "meta_info"}``.
+    """Run suite ``name``; return ``{"run_info", "metrics", "meta_info", "headline"}``.
+
+    With ``out``, results.json and report.md (and plots) are written there after
+    every part. ``resume``: keep what ``out/results.json`` finished with the
+    same version. ``skip_missing``: parts lacking a package or data root are
+    skipped (``run_info.skipped_parts``) instead of stopping with
+    :class:`~benchmarks.needs.MissingNeeds` before anything runs. A part that
+    raises goes into ``run_info.failed_parts``; the others still run. On
+    ``KeyboardInterrupt`` the finished parts are written (``status:
+    "interrupted"``) and the interrupt goes on.
 
     ``device``: only ``"cpu"`` today (the protocol's latencies are CPU latencies);
     ``"cuda"`` is refused with an error rather than silently measured on the CPU.
@@ -94,28 +165,86 @@ def run_suite(
         raise ValueError(
             f"device {device!r}: the benchmark parts run on the CPU only for now; use --device cpu"
         )
+    if resume and out is None:
+        raise ValueError("resume=True needs the output folder of the run to continue (out=...)")
     suite = SUITES[name]
     chosen = _chosen_parts(name, suite, parts)
-    configs = suite.configs()  # every part's settings checked before the first one runs
+    every = suite.configs()  # every part's settings checked before the first one runs
+    configs = {part: every[part] for part in chosen}
+    versions = {p: part_version(configs[p], seed=seed, device=device) for p in chosen}
+    kept, rerun = kept_parts(previous_run(out), versions) if resume else ({}, {})
+    to_run = {p: configs[p] for p in chosen if p not in kept}  # kept parts need nothing now
+    missing = missing_needs(suite_needs(to_run, device=device, plots=out is not None))
+    if missing and not skip_missing:
+        raise MissingNeeds(missing)
+    plots = PLOTS not in missing
+    skipped = {p: [n.describe() for n in lacking] for p, lacking in missing.items() if p != PLOTS}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    part_seconds: dict[str, float] = {}
-    for part in chosen:
-        t0 = time.perf_counter()
-        metrics[part] = PARTS[part].run(configs[part], seed=seed, progress=progress)
-        part_seconds[part] = time.perf_counter() - t0
-    return {
-        "run_info": {
-            "suite": name,
-            "parts": chosen,
-            "seed": seed,
-            "device": device,
-            "git_sha": git_sha(),
-            "started": started,
-            "seconds": time.perf_counter() - start,
-            "part_seconds": part_seconds,
-        },
-        "metrics": metrics,
-        "meta_info": environment(),
+    info: dict[str, Any] = {
+        "suite": name,
+        "parts": chosen,
+        "seed": seed,
+        "device": device,
+        "git_sha": git_sha(),
+        "code_version": code_version(),
+        "started": started,
+        "status": "running",
+        "seconds": 0.0,
+        "part_seconds": {p: kept[p]["seconds"] for p in kept},
+        "part_versions": {p: versions[p] for p in kept},
+        "failed_parts": {},
+        "skipped_parts": skipped,
+        "kept_parts": list(kept),
     }
+    if resume:
+        info["rerun_parts"] = {p: why for p, why in rerun.items() if p not in skipped}
+    if not plots:
+        info["plots_skipped"] = [n.describe() for n in missing[PLOTS]]
+    results = {
+        "run_info": info,
+        "metrics": {p: kept[p]["metrics"] for p in kept},
+        "meta_info": environment(),
+        "headline": [],  # claims are added by the parts that compute them (BENCHMARKS.md)
+    }
+
+    def save() -> None:
+        info["seconds"] = time.perf_counter() - start
+        for key in (
+            "part_seconds",
+            "part_versions",
+        ):  # in the suite's order, as an uninterrupted run
+            info[key] = {p: info[key][p] for p in chosen if p in info[key]}
+        results["metrics"] = {p: results["metrics"][p] for p in chosen if p in results["metrics"]}
+        if out is not None:
+            write_results(results, Path(out), plots=plots)
+
+    save()
+    for index, part in enumerate(chosen, 1):
+        where = f"[{index}/{len(chosen)}] {part}"
+        if part in kept or part in skipped:
+            why = "kept from the earlier run" if part in kept else "skipped: missing "
+            _say(progress, f"{where}: {why}{'; '.join(skipped.get(part, []))}")
+            continue
+        _say(
+            progress,
+            f"{where}: {PARTS[part].title}" + (f" ({rerun[part]})" if part in rerun else ""),
+        )
+        t0 = time.perf_counter()
+        try:
+            metrics = PARTS[part].run(configs[part], seed=seed, progress=progress)
+        except KeyboardInterrupt:
+            info.update(status="interrupted", interrupted_part=part)
+            save()
+            raise
+        except Exception as error:  # recorded; the other parts still run
+            info["failed_parts"][part] = _failure(error)
+            _say(progress, f"{where}: FAILED: {info['failed_parts'][part]['error']}")
+        else:
+            results["metrics"][part] = metrics
+            info["part_versions"][part] = versions[part]
+        info["part_seconds"][part] = time.perf_counter() - t0
+        save()
+    info["status"] = "finished"
+    save()
+    return results

@@ -325,10 +325,11 @@ def export_torchscript(
         torch.jit.save(traced, target)
 
 
-def _difference(onnx_value: Tensor, torch_value: Tensor) -> float:
-    """Max absolute difference; NaN where only one side is NaN counts as infinite."""
+def _difference(onnx_value: Tensor, torch_value: Tensor, rtol: float = 0.0) -> float:
+    """Max of ``|a - b| - rtol·|b|`` (NaN on one side only: infinite); rtol 0: max abs difference."""
     a, b = onnx_value.double(), torch_value.double()
-    diff = torch.where(torch.isnan(a) & torch.isnan(b), 0.0, (a - b).abs()).nan_to_num(nan=math.inf)
+    diff = ((a - b).abs() - rtol * b.abs()).nan_to_num(nan=math.inf)
+    diff = torch.where((torch.isnan(a) & torch.isnan(b)) | (a == b), 0.0, diff)
     return float(diff.max()) if diff.numel() else 0.0
 
 
@@ -338,15 +339,18 @@ def check_onnx(
     example_inputs: Tensor | Sequence[Tensor],
     *,
     atol: float = 1e-5,
+    rtol: float = 1e-5,
 ) -> float:
     """Max absolute difference between onnxruntime and PyTorch over every output of ``path``.
 
     Runs the ONNX file (one CPU thread) and an eval-mode copy of ``model`` on
-    ``example_inputs``; raises ``ValueError`` naming the first task whose
-    difference (or shape) is beyond ``atol``.
+    ``example_inputs``; raises ``ValueError`` naming the first task with an element
+    beyond ``atol + rtol * |PyTorch value|`` (as ``torch.allclose``: large logits
+    get a relative tolerance), or a shape mismatch.
     """
     _check_model(model)
     atol = check_number("atol", atol, low=0.0)
+    rtol = check_number("rtol", rtol, low=0.0)
     source = _check_path(path, must_exist=True)
     ort = _require("onnxruntime", "check_onnx")
     options = ort.SessionOptions()
@@ -380,9 +384,11 @@ def check_onnx(
                 f"PyTorch {tuple(reference.shape)}"
             )
         difference = _difference(value, reference)
-        if not difference <= atol:
+        if not _difference(value, reference, rtol) <= atol:
             raise ValueError(
-                f"task {task!r}: onnxruntime and PyTorch differ by {difference:.3g} > atol={atol:g}"
+                f"task {task!r}: onnxruntime and PyTorch differ by {difference:.3g}, beyond "
+                f"atol + rtol * |value| (atol={atol:g}, rtol={rtol:g}); raise atol or rtol if "
+                "the export is right"
             )
         worst = max(worst, difference)
     return worst

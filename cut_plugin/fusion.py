@@ -129,6 +129,10 @@ def _stack(
     for name, value in zip(names, values, strict=True):
         if not isinstance(value, Tensor):
             raise TypeError(f"task_scores[{name!r}] must be a Tensor, got {type(value).__name__}")
+        if value.dim() == 0:
+            raise ValueError(
+                f"task_scores[{name!r}] is 0-dim; fuse scores of a parameter's elements"
+            )
         if value.shape != values[0].shape:
             raise ValueError(
                 f"task_scores[{name!r}] has shape {tuple(value.shape)} but task_scores[{names[0]!r}] has "

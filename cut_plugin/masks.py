@@ -197,6 +197,13 @@ def apply_masks(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, mask in masks.items() if isinstance(masks, Mapping) else ():
+        if isinstance(mask, Tensor) and mask.dtype != torch.bool:
+            raise TypeError(
+                f"masks[{name!r}] is a {mask.dtype} Tensor; masks must be bool (True = keep). "
+                "Scores become masks through cut_masks(...) or fuse(..., keep_ratio=...); "
+                "for 0/1 masks pass mask.bool()"
+            )
     checked = check_masks(model, masks)
     target = model if inplace else copy.deepcopy(model)
     params = dict(target.named_parameters())

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from cut_plugin.checks import unwrap_model
 from cut_plugin.state import scoring_state
 from cut_plugin.vocabulary import (
     Loss,
@@ -86,6 +87,7 @@ def score_tasks(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap_model(model, operation="score_tasks")
     criterion = check_criterion(criterion)  # type: ignore[assignment]
     if tasks is not None:
         tasks = check_tasks(tasks)

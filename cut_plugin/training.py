@@ -274,7 +274,16 @@ def summed_loss(
     for task in tasks:
         target = move_to(checked[task], device, dtype)
         if not _ignored(target, ignore_index):
-            terms.append(scalar_loss(losses[task], outputs[task], target, task=task, index=index))
+            term = scalar_loss(losses[task], outputs[task], target, task=task, index=index)
+            if torch.is_grad_enabled() and not term.requires_grad:
+                # Summed with the others it would train nothing of this task, silently.
+                raise ValueError(
+                    f"the loss of task {task!r} does not require grad at batch {index}: its head "
+                    "would never change. Its loss must be computed from the output it is given "
+                    "(no .detach(), .item() or torch.no_grad()), and the head's parameters need "
+                    "requires_grad=True"
+                )
+            terms.append(term)
     # one sum node: its backward hands every task's loss the same gradient 1 as a chain of adds
     return (torch.stack(terms).sum() if terms else None), outputs
 

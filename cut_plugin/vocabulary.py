@@ -8,6 +8,7 @@ checks (tasks, ratio, losses) take the value first and ``name=`` as a keyword.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -160,7 +161,15 @@ def as_task_outputs(output: Any, task_names: Sequence[str] | None = None) -> dic
     A mapping is returned as a dict; a tuple/list needs ``task_names`` of the same length.
     """
     if isinstance(output, Mapping):
-        return dict(output)
+        result = dict(output)
+        for key, value in result.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(
+                    f"the model's output {key!r} is a {type(value).__name__}, not a Tensor; a "
+                    "multi-task model returns {task: Tensor} (move other values out of forward's "
+                    "result)"
+                )
+        return result
     if isinstance(output, tuple | list):
         if task_names is None:
             raise TypeError(
@@ -276,13 +285,18 @@ def iterate_batches(
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
     check_batches(batches)
     count = 0
-    for index, batch in enumerate(batches):
-        if max_batches is not None and index >= max_batches:
-            break
+    # islice: never pull a batch past max_batches from the caller's iterator (it would be lost).
+    for index, batch in enumerate(itertools.islice(batches, max_batches)):
         inputs, targets = check_batch(batch, index)
         count += 1
         yield index, inputs, targets
     if count == 0:
+        if isinstance(batches, Iterator):
+            raise ValueError(
+                f"batches is a one-shot {type(batches).__name__} that yielded no batch: it is empty "
+                "or already consumed; pass a list or a DataLoader (an earlier pass, e.g. a previous "
+                "pruning step, may have read it)"
+            )
         raise ValueError(
             "batches yielded no batch; pass a non-empty DataLoader or list of (inputs, targets)"
         )

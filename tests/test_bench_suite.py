@@ -10,6 +10,7 @@ import torch
 
 from benchmarks.__main__ import main
 from benchmarks.cut_suite import CUTSuiteConfig, run_cut_suite
+from benchmarks.needs import Need
 from benchmarks.report import END, START, render_report, update_readme, write_results
 
 TIMING = {"method_seconds", "latency_b1_ms", "latency_b64_ms"}
@@ -97,9 +98,12 @@ def test_every_part_keeps_the_contract():
     for name, part in PARTS.items():
         assert part.name == name
         assert all(
-            callable(f) for f in (part.config, part.run, part.render, part.summary, part.plots)
+            callable(f)
+            for f in (part.config, part.run, part.render, part.summary, part.plots, part.needs)
         )
         assert part.configure({}) == part.config()  # every setting has a default
+        assert all(isinstance(need, Need) for need in part.needs(part.config()))
+    assert {n.name for n in PARTS["edge"].needs(PARTS["edge"].config())} >= {"onnxruntime"}
 
 
 def test_suites_are_data_and_every_setting_is_validated():

@@ -78,3 +78,8 @@ def masked_reference(
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def layer_masks(masks: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Mapping[str, Tensor]]:
+    """NNI masks of conv/linear layers only (CUTPruner also masks BatchNorm: 1-D weights)."""
+    return {name: m for name, m in masks.items() if m["weight"].dim() > 1}

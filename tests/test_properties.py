@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import adapters.torch_pruning as atp
-from cut_plugin import apply_masks, mask_sparsity
+from cut_plugin import apply_masks, mask_sparsity, select_tasks
 from tests.random_models import SPECS, RandomNet, batches_for, cross_entropy_losses
 from tests.toy_models import same_state, state_snapshot
 
@@ -71,6 +71,32 @@ def test_cut_structured(tmp_path_factory, spec, bits, ratio):
     loaded = atp.load_pruned(path, lambda: RandomNet(spec), x[:1]).eval()
     for task, value in compact.eval()(x).items():
         torch.testing.assert_close(loaded(x)[task], value, rtol=0, atol=0)
+
+
+@settings(max_examples=40 * SCALE)
+@given(spec=SPECS, bits=st.integers(1, 15), explicit=st.booleans())
+def test_ratio_zero_equals_original(spec, bits, explicit):
+    """In-place ops, attribute-sized splits, heads containers: nothing removed, same outputs;
+    the user's class kept when the heads can be dropped; the caller's model untouched."""
+    model = RandomNet(spec)
+    model.explicit = explicit
+    snapshot = state_snapshot(model)
+    tasks = _subset(model, bits)
+    data = batches_for(model)
+    x = data[0][0]
+    reference = model(x)
+    selected = select_tasks(model, tasks, example_inputs=x[:1])
+    assert explicit or isinstance(selected, RandomNet)  # all tasks selected: kept too
+    compact = atp.cut_prune(
+        model, x[:1], tasks=tasks, losses=cross_entropy_losses(model), data=data,
+        pruning_ratio=0.0, progress=False,
+    )  # fmt: skip
+    for result in (selected, compact):
+        out = result(x)
+        assert sorted(out) == sorted(tasks)
+        for task in tasks:
+            torch.testing.assert_close(out[task], reference[task], rtol=0, atol=1e-6)
+    assert same_state(model, snapshot)
 
 
 @settings(max_examples=50 * SCALE)

@@ -9,7 +9,14 @@ import torch
 from torch import fx
 
 import adapters.torch_pruning as atp
-from cut_plugin import CUTConfig, PruningRecord, finetune, read_record, write_record
+from cut_plugin import (
+    CUTConfig,
+    PruningRecord,
+    finetune,
+    read_record,
+    select_tasks,
+    write_record,
+)
 from tests.toy_models import (
     ConcatNet,
     ResidualNet,
@@ -47,7 +54,7 @@ def test_record_survives_deepcopy_and_finetune(setup, tmp_path, granularity):
         model, x, tasks=["a", "seg"], losses=losses, data=batches, pruning_ratio=0.5,
         granularity=granularity, progress=False,
     )  # fmt: skip
-    assert isinstance(compact, fx.GraphModule)  # select_tasks traced it: the hard case
+    assert isinstance(compact, ResidualNet)  # heads dropped from the user's own class
     record = read_record(compact)
     assert record is not None and record.tasks == ["a", "seg"]
     assert (record.masks is not None) == (granularity == "weight")
@@ -67,6 +74,17 @@ def test_record_survives_deepcopy_and_finetune(setup, tmp_path, granularity):
     probe = example_input(model, 3)
     for task, value in tuned(probe).items():
         torch.testing.assert_close(loaded(probe)[task], value, rtol=0, atol=0)
+
+
+def test_record_survives_deepcopy_of_a_graph_module(setup):
+    model, _, _ = setup
+    traced = select_tasks(model, ["a"])  # no example inputs: the torch.fx route
+    assert isinstance(traced, fx.GraphModule)
+    masks = {"heads.a.2.weight": torch.ones(3, 16, dtype=torch.bool)}
+    write_record(traced, PruningRecord(tasks=["a"], masks=masks, history=[("x", True, [1])]))
+    copied = copy.deepcopy(traced)
+    assert read_record(copied) == read_record(traced)
+    assert copied.cut_pam_masks.keys() == masks.keys()
 
 
 def test_loaded_model_keeps_the_saved_train_mode(setup, tmp_path):

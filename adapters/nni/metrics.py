@@ -30,13 +30,14 @@ Implementation notes:
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from cut_plugin.fusion import fuse_blocks
 
-__all__ = ["unit_metrics"]
+__all__ = ["space_metrics", "unit_metrics"]
 
 
 def unit_metrics(
@@ -101,3 +102,66 @@ def unit_metrics(
         key: piece.reshape(shapes[key][0])
         for key, piece in zip(keys, rank.split(sizes), strict=True)
     }
+
+
+def space_metrics(
+    kind: str,
+    spaces: Mapping[tuple[str, str], Any],
+    data: Mapping[str, Mapping[str, Mapping[str, Tensor]]],
+    totals: Mapping[str, float],
+    config: Any,
+) -> dict[tuple[str, str], Tensor]:
+    """The metric of one unit of NNI target spaces (``kind``: target, global or dependency)."""
+    members = list(spaces)
+    blocks: dict[str, dict[Hashable, Tensor]] = {}
+    shapes: dict[Hashable, tuple[torch.Size, int]] = {}
+    for key, space in spaces.items():
+        target = space.target
+        if target is None:  # not active; _collect_data left it out
+            continue
+        scaler = space._scaler
+        for task, value in data[key[0]][key[1]].items():
+            block = (
+                value if scaler is None else scaler.shrink(value, lambda t: t.sum(-1), keepdim=True)
+            )
+            blocks.setdefault(task, {})[key] = block
+        shape = (
+            target.shape if scaler is None else scaler.shrink(target.detach(), keepdim=True).shape
+        )
+        shapes[key] = (shape, target.numel() // max(torch.Size(shape).numel(), 1))
+    first = spaces[members[0]]
+    ratio = float(first.sparse_ratio or 0.0)
+    if kind == "target":
+        ratio = min(first.max_sparse_ratio or 1.0, max(first.min_sparse_ratio or 0.0, ratio))
+    if kind != "dependency":
+        result = unit_metrics(
+            blocks,
+            shapes,
+            totals,
+            pruning_ratio=ratio,
+            rule=config.rule,
+            votes=config.votes,
+            weights=config.weights,
+            calibrate=config.calibrate,
+        )
+        return {key: result[key] for key in members}
+    metric_shapes = {shapes[key][0] for key in members}
+    if len(metric_shapes) > 1:
+        raise ValueError(
+            f"dependency_group_id {first.dependency_group_id!r} groups layers whose channel metrics have "
+            f"shapes {sorted(tuple(s) for s in metric_shapes)}; group layers of one type and width"
+        )
+    # One channel vector per task, summed over the group's layers, which share one mask.
+    channels: dict[str, dict[Hashable, Tensor]] = {
+        task: {"group": torch.stack([b.reshape(-1) for b in per_key.values()]).sum(0)}
+        for task, per_key in blocks.items()
+    }
+    shape, _ = shapes[members[0]]
+    group_shape: dict[Hashable, tuple[torch.Size, int]] = {
+        "group": (shape, sum(shapes[key][1] for key in members))
+    }
+    group = unit_metrics(
+        channels, group_shape, totals, pruning_ratio=ratio, rule=config.rule, votes=config.votes,
+        weights=config.weights, calibrate=config.calibrate,
+    )["group"]  # fmt: skip
+    return {key: group.clone() for key in members}

@@ -5,11 +5,10 @@ Re-exported by :mod:`adapters.nni`; import from there.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import warnings
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -26,7 +25,8 @@ with warnings.catch_warnings():
 
 from adapters.nni.config import check_config_list
 from adapters.nni.masks import plain_copy, unwrapped
-from adapters.nni.metrics import unit_metrics
+from adapters.nni.metrics import space_metrics
+from adapters.nni.protection import add_norm_masks, first_inputs, materialise, protect_configs
 from cut_plugin import score_tasks, select_tasks
 from cut_plugin.config import CUTConfig, resolve_config
 from cut_plugin.vocabulary import Loss, check_losses, check_tasks
@@ -53,13 +53,6 @@ def _is_active(space: PruningTargetSpace) -> bool:
         and space.target is not None
         and space.sparse_ratio is not None
     )
-
-
-def _materialise(data: Iterable[Any] | None, max_batches: int | None) -> Iterable[Any] | None:
-    """A re-iterable ``data`` (a one-shot iterator is read once, up to ``max_batches``)."""
-    if isinstance(data, Iterator):
-        return list(itertools.islice(data, max_batches)) if max_batches else list(data)
-    return data
 
 
 class CUTPruner(Pruner):
@@ -110,10 +103,18 @@ class CUTPruner(Pruner):
         training_steps: evaluator steps ``compress()`` trains without ``data``
             (default ``max_batches``, else 50 — the paper's ~50 mini-batches).
         existed_wrappers: NNI's, for ``CUTPruner.from_compressor(...)`` (wraps in place).
+        protect_outputs: leave every task's output layer out of the config list's targets
+            (found by :func:`adapters.torch_pruning.output_layers` on ``example_inputs``):
+            masking its rows would make a task's logit constantly 0. False: prune them too.
+        example_inputs: for finding the output layers and each conv's BatchNorm (default:
+            the inputs of ``data``'s first batch; with an evaluator alone, neither is done).
 
     Implementation notes:
     - Scores are taken through the wrapped model, so already-masked weights score 0
       and stay masked as a schedule raises the ratio.
+    - BatchNorm layers are wrapped too (``sparse_ratio`` 0, never scored): each mask
+      generation masks the BatchNorm scale and shift of every channel ``speedup``
+      removes, so ``compress()``'s masks and masked model equal the compact model.
     - Verdict rules calibrate the per-task keep fraction so the fused verdict keeps
       ``1 − sparse_ratio`` of a unit, then NNI cuts the exact count (the metric is the
       rank in the fused order); ``sparse_threshold`` is therefore not accepted.
@@ -135,6 +136,8 @@ class CUTPruner(Pruner):
         inplace: bool = False,
         progress: bool = True,
         existed_wrappers: dict[str, ModuleWrapper] | None = None,
+        protect_outputs: bool = True,
+        example_inputs: Any = None,
         **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -163,7 +166,7 @@ class CUTPruner(Pruner):
             ):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
         self.max_batches = max_batches
-        self.data = _materialise(data, max_batches)
+        self.data = materialise(data, max_batches)
         self.training_steps = training_steps or max_batches or 50
         self.task_names = task_names
         self.progress = progress
@@ -179,16 +182,37 @@ class CUTPruner(Pruner):
                 bound = select_tasks(model, self.tasks, task_names=task_names)
         else:
             bound = plain_copy(model)
+        self.example_inputs = (
+            example_inputs if example_inputs is not None else first_inputs(self.data)
+        )
+        self.protect_outputs = protect_outputs
+        self._protected: list[str] | None = None
+        self._norms: set[str] = set()
+        if self.example_inputs is not None and existed_wrappers is None:
+            with unwrapped(bound):
+                configs, self._protected, self._norms = protect_configs(
+                    bound, configs, self.example_inputs, self.task_names, protect_outputs
+                )
         super().__init__(bound, configs, evaluator=evaluator, existed_wrappers=existed_wrappers)
         if not any(
-            _is_active(s) for spaces in self._target_spaces.values() for s in spaces.values()
+            _is_active(s)
+            for name, spaces in self._target_spaces.items()
+            if name not in self._norms
+            for s in spaces.values()
         ):
             self.unwrap_model()
             types = sorted(
                 {type(m).__name__ for m in bound.modules() if len(list(m.children())) == 0}
             )
+            protected = (
+                f" (task output layers {self._protected} are protected: "
+                "protect_outputs=False prunes them)"
+                if self._protected
+                else ""
+            )
             raise ValueError(
-                f"config_list selects no layer with a sparse_ratio in this model; its layer types are {types}"
+                f"config_list selects no layer with a sparse_ratio in this model{protected}; its layer "
+                f"types are {types}"
             )
         # Read by NNI's LinearPruner/AGPPruner, which set them for a schedule.
         self.interval_steps: int = self.training_steps
@@ -220,6 +244,8 @@ class CUTPruner(Pruner):
         names = {id(p): n for n, p in self.bound_model.named_parameters()}
         data: TaskData = {}
         for module_name, spaces in self._target_spaces.items():
+            if module_name in self._norms:
+                continue
             for target_name, space in spaces.items():
                 if _is_active(space):
                     name = names.get(id(space.target))
@@ -267,66 +293,43 @@ class CUTPruner(Pruner):
     ) -> dict[tuple[str, str], Tensor]:
         """The metric of one unit: a target, a global group or a dependency group."""
         spaces = {key: self._target_spaces[key[0]][key[1]] for key in members}
-        blocks: dict[str, dict[Hashable, Tensor]] = {}
-        shapes: dict[Hashable, tuple[torch.Size, int]] = {}
-        for key, space in spaces.items():
-            target = space.target
-            if target is None:  # not active; _collect_data left it out
-                continue
-            scaler = space._scaler
-            for task, value in data[key[0]][key[1]].items():
-                block = (
-                    value
-                    if scaler is None
-                    else scaler.shrink(value, lambda t: t.sum(-1), keepdim=True)
-                )
-                blocks.setdefault(task, {})[key] = block
-            shape = (
-                target.shape
-                if scaler is None
-                else scaler.shrink(target.detach(), keepdim=True).shape
-            )
-            shapes[key] = (shape, target.numel() // max(torch.Size(shape).numel(), 1))
-        first = spaces[members[0]]
-        ratio = float(first.sparse_ratio or 0.0)
-        if kind == "target":
-            ratio = min(first.max_sparse_ratio or 1.0, max(first.min_sparse_ratio or 0.0, ratio))
-        if kind != "dependency":
-            result = unit_metrics(
-                blocks,
-                shapes,
-                totals,
-                pruning_ratio=ratio,
-                rule=self.rule,
-                votes=self.votes,
-                weights=self.weights,
-                calibrate=self.config.calibrate,
-            )
-            return {key: result[key] for key in members}
-        metric_shapes = {shapes[key][0] for key in members}
-        if len(metric_shapes) > 1:
-            raise ValueError(
-                f"dependency_group_id {first.dependency_group_id!r} groups layers whose channel metrics have "
-                f"shapes {sorted(tuple(s) for s in metric_shapes)}; group layers of one type and width"
-            )
-        # One channel vector per task, summed over the group's layers, which share one mask.
-        channels: dict[str, dict[Hashable, Tensor]] = {
-            task: {"group": torch.stack([b.reshape(-1) for b in per_key.values()]).sum(0)}
-            for task, per_key in blocks.items()
-        }
-        shape, _ = shapes[members[0]]
-        group_shape: dict[Hashable, tuple[torch.Size, int]] = {
-            "group": (shape, sum(shapes[key][1] for key in members))
-        }
-        group = unit_metrics(
-            channels, group_shape, totals, pruning_ratio=ratio, rule=self.rule, votes=self.votes,
-            weights=self.weights, calibrate=self.config.calibrate,
-        )["group"]  # fmt: skip
-        return {key: group.clone() for key in members}
+        return space_metrics(kind, spaces, data, totals, self.config)
 
     def _generate_sparsity(self, metrics: NNIMasks) -> NNIMasks:
-        """NNI's own ratio logic (per layer, global, dependency groups, bias alignment)."""
-        return generate_sparsity(metrics, self._target_spaces)
+        """NNI's own ratio logic (per layer, global, dependency groups, bias alignment).
+
+        Then BatchNorm follows its conv: a channel that ``speedup`` removes has its
+        BatchNorm scale and shift masked too (found through Torch-Pruning's graph), so
+        the masked model computes what the compact one computes.
+        """
+        spaces = {k: v for k, v in self._target_spaces.items() if k not in self._norms}
+        masks = generate_sparsity(metrics, spaces)
+        if self._norms:
+            with unwrapped(self.bound_model):
+                add_norm_masks(
+                    self.bound_model, masks, self._target_spaces, self._norms,
+                    self.example_inputs, self.task_names,
+                )  # fmt: skip
+        return masks
+        from adapters.nni.masks import param_masks
+        from adapters.torch_pruning import align_masks
+
+        with unwrapped(self.bound_model):
+            aligned = align_masks(
+                self.bound_model,
+                param_masks(masks),
+                self.example_inputs,
+                task_names=self.task_names,
+            )
+        for name in self._norms:
+            for target_name, space in self._target_spaces[name].items():
+                target = space.target
+                if target is None:
+                    continue
+                keep = aligned.get(f"{name}.{target_name}")
+                mask = torch.ones_like(target) if keep is None else keep.to(target.dtype)
+                masks.setdefault(name, {})[target_name] = mask.to(target.device)
+        return masks
 
     def _register_trigger(self, evaluator: Evaluator) -> None:
         """Regenerate masks every ``interval_steps`` optimizer steps, ``total_times`` times."""

@@ -11,7 +11,12 @@ from typing import Any, Literal, get_args
 import torch_pruning as tp
 from torch import nn
 
-from adapters.torch_pruning.protection import protected_layers, to_copy_kwargs
+from adapters.torch_pruning.protection import (
+    SaturatingCounts,
+    protected_layers,
+    saturating_kwargs,
+    to_copy_kwargs,
+)
 from cut_plugin import select_tasks
 from cut_plugin.record import PruningRecord, history_of, write_record
 from cut_plugin.training import summed_loss
@@ -27,6 +32,10 @@ from cut_plugin.vocabulary import (
 )
 
 __all__ = ["BASELINES", "Baseline", "baseline_prune", "count_macs"]
+
+
+class _BaselinePruner(SaturatingCounts, tp.pruner.BasePruner):
+    """Torch-Pruning's pruner counting channels as ``CUTPruner`` does (monotone in the ratio)."""
 
 
 Baseline = Literal["magnitude", "taylor", "random"]
@@ -82,9 +91,10 @@ def baseline_prune(
     }[importance]()
     tp_kwargs = to_copy_kwargs(model, compact, tp_kwargs)
     ignored = list(tp_kwargs.pop("ignored_layers", None) or []) + protected_layers(compact, example)
-    pruner = tp.pruner.BasePruner(
-        compact, example, scorer, pruning_ratio=ratio, ignored_layers=ignored, **tp_kwargs
-    )
+    pruner = _BaselinePruner(
+        compact, example, scorer, pruning_ratio=ratio, ignored_layers=ignored,
+        **saturating_kwargs(tp_kwargs),
+    )  # fmt: skip
     for _ in range(pruner.iterative_steps):
         if importance == "taylor":
             if losses is None or data is None:

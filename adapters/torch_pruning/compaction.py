@@ -14,14 +14,22 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from adapters.torch_pruning.protection import protected_layers
+from cut_plugin.checks import FROZEN_ATTRIBUTE_FIX, check_outputs, outputs_of
 from cut_plugin.masks import PRUNABLE_TYPES, apply_masks, check_masks
 from cut_plugin.record import copy_record, history_of
+from cut_plugin.state import scoring_state
 from cut_plugin.vocabulary import Inputs, as_example_inputs
 
 __all__ = ["IN_HANDLERS", "OUT_HANDLERS", "align_masks", "prune_by_masks"]
 
 OUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 IN_HANDLERS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+
+
+def _dependency_graph(model: nn.Module, example: tuple[Any, ...]) -> tp.DependencyGraph:
+    # Torch-Pruning traces through autograd: a frozen layer would be invisible to it.
+    with scoring_state(model):
+        return tp.DependencyGraph().build_dependency(model, example, verbose=False)
 
 
 def _zero_rows(weight: Tensor, idxs: Sequence[int], transposed: bool) -> Tensor:
@@ -105,9 +113,7 @@ def align_masks(
     """
     checked = check_masks(model, masks)
     work = copy.deepcopy(model)
-    graph = tp.DependencyGraph().build_dependency(
-        work, as_example_inputs(example_inputs, work), verbose=False
-    )
+    graph = _dependency_graph(work, as_example_inputs(example_inputs, work))
     plan = _plan(work, checked, graph, protected_layers(work, example_inputs, task_names))
     names = {id(p): n for n, p in work.named_parameters()}
     aligned = {n: m.expand_as(dict(work.named_parameters())[n]).clone() for n, m in checked.items()}
@@ -135,6 +141,7 @@ def prune_by_masks(
     example_inputs: Inputs,
     *,
     task_names: Sequence[str] | None = None,
+    check: bool = True,
 ) -> nn.Module:
     """Return a physically smaller copy of ``model``: channels masked in every coupled layer removed.
 
@@ -149,18 +156,36 @@ def prune_by_masks(
         masks: ``{param_name: bool Tensor}`` broadcastable to each parameter (element
             masks, or channel masks like ``(C_out, 1, 1, 1)``).
         example_inputs: a Tensor or tuple for tracing.
+        check: run the compact model on ``example_inputs`` against the masked model
+            (one forward each) and raise :class:`cut_plugin.checks.TransformCheckError`
+            when they differ or it crashes.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     example = as_example_inputs(example_inputs, model)
     aligned = align_masks(model, masks, example, task_names=task_names)
     work = apply_masks(model, aligned)
+    reference = outputs_of(work, example, task_names) if check else None
     was_training = work.training
-    graph = tp.DependencyGraph().build_dependency(work, example, verbose=False)
+    graph = _dependency_graph(work, example)
     for layer, handler, idxs in _plan(work, {}, graph, protected_layers(work, example, task_names)):
         group = graph.get_pruning_group(layer, handler, idxs)
         if graph.check_pruning_group(group):
             group.prune()
     work.train(was_training)
+    if reference is not None:
+        check_outputs(
+            "prune_by_masks",
+            work,
+            example,
+            reference,
+            task_names=task_names,
+            promise="the masked model apply_masks(model, align_masks(model, masks, ...))",
+            fix=FROZEN_ATTRIBUTE_FIX
+            if isinstance(work, torch.fx.GraphModule)
+            else "a removed channel may feed an op for which a zero channel is not neutral "
+            "(f(0) != 0, e.g. a sigmoid); keep that layer's channels (unmask them), or pass "
+            "check=False to accept the difference",
+        )
     history = history_of(model) + [tuple(h) for h in graph.pruning_history()]
     return copy_record(model, work, history=history, masks=None)

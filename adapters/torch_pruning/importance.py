@@ -14,6 +14,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from adapters.torch_pruning.compaction import IN_HANDLERS, OUT_HANDLERS
+from adapters.torch_pruning.protection import output_layers
 from cut_plugin import score_tasks
 from cut_plugin.config import CUTConfig, resolve_config
 from cut_plugin.fusion import check_keep_ratio, rank_channels
@@ -43,6 +44,18 @@ class CUTImportance(tp.importance.Importance):
     ``keep_ratio`` of its channels, so the rule, not Torch-Pruning's cut, decides).
     Scores of different groups are made comparable (:func:`cut_plugin.fusion.
     group_normalise`), so ``global_pruning=True`` allocates by importance.
+
+    Attention: given ``num_heads={qkv_linear: heads}`` (the dict passed to the
+    pruner; Torch-Pruning updates it in place after each step), a group holding
+    those layers' output channels is ranked by whole heads: each task's channel
+    scores are summed per head and the tasks' verdicts fused over heads, then every
+    channel of a head gets its head's importance (Torch-Pruning averages per head).
+
+    Guards: ``estimate``/``accumulate`` record the task output layers
+    (:func:`adapters.torch_pruning.output_layers` on the first batch); a group that
+    would change one's width raises (pass them as ``ignored_layers``). Scores are
+    looked up by parameter name and checked against the parameter's shape, so a
+    pruned model with old scores raises rather than use them.
     """
 
     _step_keep_ratio: float | None = None
@@ -82,6 +95,7 @@ class CUTImportance(tp.importance.Importance):
         keep_ratio: float = 0.5,
         task_names: Sequence[str] | None = None,
         progress: bool = True,
+        num_heads: Mapping[nn.Module, int] | None = None,
         **options: Any,
     ) -> None:
         self.tasks = check_tasks(tasks) if tasks is not None else list(losses)
@@ -92,16 +106,39 @@ class CUTImportance(tp.importance.Importance):
         self.task_names = task_names
         self.progress = progress
         self.scores: dict[str, dict[str, Tensor]] = {}
-        self._names: dict[int, str] = {}
-        self._params: dict[str, nn.Parameter] = {}
+        # Kept by reference: Torch-Pruning lowers the counts in place after a step.
+        self.num_heads: Mapping[nn.Module, int] = num_heads if num_heads is not None else {}
+        self.head_keep: dict[nn.Module, int] = {}
+        self._slots: dict[tuple[int, str], str] = {}
+        self._outputs: dict[int, tuple[str, str]] = {}
 
     def reset(self) -> None:
         """Forget every accumulated score."""
         self.scores = {}
 
-    def _bind(self, model: nn.Module) -> None:
-        self._params = dict(model.named_parameters())
-        self._names = {id(p): n for n, p in self._params.items()}
+    @property
+    def _names(self) -> dict[tuple[int, str], str]:
+        """The parameter names by (module id, attribute); copy it with ``scores``."""
+        return self._slots
+
+    @_names.setter
+    def _names(self, value: dict[tuple[int, str], str]) -> None:
+        self._slots = value
+
+    def _bind(self, model: nn.Module, inputs: Inputs | None = None) -> None:
+        # By module and attribute, not by parameter id: a pruning step replaces the
+        # parameters but keeps the modules.
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._slots = {
+            (id(m), attr): names[id(p)]
+            for m in model.modules()
+            for attr, p in m.named_parameters(recurse=False)
+            if id(p) in names
+        }
+        if inputs is not None:
+            modules = {id(m): n for n, m in model.named_modules()}
+            found = output_layers(model, inputs, task_names=self.task_names)
+            self._outputs = {id(m): (task, modules[id(m)]) for task, m in found.items()}
 
     def accumulate(self, model: nn.Module, inputs: Inputs, targets: Mapping[str, Tensor]) -> None:
         """Add one batch's per-task scores to the accumulated ones."""
@@ -114,7 +151,7 @@ class CUTImportance(tp.importance.Importance):
             progress=False,
             task_names=self.task_names,
         )
-        self._bind(model)
+        self._bind(model, inputs)
         for task, scores in batch.items():
             acc = self.scores.setdefault(task, {})
             for name, value in scores.items():
@@ -127,9 +164,19 @@ class CUTImportance(tp.importance.Importance):
         self, model: nn.Module, batches: Iterable[Any], max_batches: int | None = None
     ) -> None:
         """Score ``model`` on ``batches`` from scratch (one forward per batch, one backward per task)."""
+        first: list[Inputs] = []
+
+        def tap(source: Iterable[Any]) -> Iterator[Any]:
+            for batch in source:
+                if not first and isinstance(batch, tuple | list) and len(batch) == 2:
+                    first.append(batch[0])
+                yield batch
+
         self.scores = score_tasks(
             model,
-            batches,
+            tap(batches)
+            if isinstance(batches, Iterable) and not isinstance(batches, Tensor)
+            else batches,
             self.losses,
             tasks=self.tasks,
             criterion=self.config.criterion,
@@ -137,7 +184,7 @@ class CUTImportance(tp.importance.Importance):
             progress=self.progress,
             task_names=self.task_names,
         )
-        self._bind(model)
+        self._bind(model, first[0] if first else None)
 
     def is_stale(self, model: nn.Module) -> bool:
         """True when no scores exist or they no longer match ``model``'s parameters' shapes."""
@@ -152,14 +199,15 @@ class CUTImportance(tp.importance.Importance):
 
     def _layer_scores(self, task: str, layer: nn.Module, attr: str) -> Tensor | None:
         param = getattr(layer, attr, None)
-        name = self._names.get(id(param)) if param is not None else None
-        if name is None:
+        name = self._slots.get((id(layer), attr))
+        if not isinstance(param, Tensor) or name is None:
             return None
         value = self.scores[task].get(name)
-        if value is not None and value.shape != param.shape:  # type: ignore[union-attr]
+        if value is not None and value.shape != param.shape:
             raise RuntimeError(
                 f"CUTImportance scores of {name!r} are stale ({tuple(value.shape)} vs "
-                f"{tuple(param.shape)}); call estimate(model, batches) after pruning"  # type: ignore[union-attr]
+                f"{tuple(param.shape)} now): the model was pruned since they were estimated; "
+                "call estimate(model, batches) again before the next step"
             )
         return value
 
@@ -184,6 +232,18 @@ class CUTImportance(tp.importance.Importance):
                 if bias is not None:
                     local = bias[idxs] if local is None else local + bias[idxs]
             elif handler in IN_HANDLERS:
+                width = weight.shape[0 if transposed else 1] if weight is not None else 0
+                if (
+                    weight is not None
+                    and getattr(layer, "groups", 1) == 1
+                    and max(idxs, default=-1) >= width
+                ):
+                    raise RuntimeError(
+                        f"Torch-Pruning mapped input channel {max(idxs)} onto {dep.target.name}, "
+                        f"which has {width}: its graph mis-indexes this model (Torch-Pruning 1.6.1 "
+                        "does so after an uneven torch.split); split into equal parts, or list the "
+                        "layer in ignored_layers"
+                    )
                 if weight is not None and getattr(layer, "groups", 1) == 1:
                     local = (
                         (weight if transposed else weight.transpose(0, 1)).flatten(1).sum(1)[idxs]
@@ -207,6 +267,7 @@ class CUTImportance(tp.importance.Importance):
             raise RuntimeError(
                 "CUTImportance has no scores; call estimate(model, batches) before pruning"
             )
+        self._check_outputs(group)
         used, rows, totals = [], [], []
         for position, task in enumerate(self.tasks):
             channel = self._channel_scores(task, group)
@@ -217,8 +278,14 @@ class CUTImportance(tp.importance.Importance):
         if not rows:
             return None
         keep = self.keep_ratio if self._step_keep_ratio is None else self._step_keep_ratio
-        return rank_channels(
-            torch.stack(rows),
+        scores = torch.stack(rows)
+        heads, head_keep = self._heads_of(group, scores.shape[1])
+        if heads > 1:
+            # Whole heads: the tasks vote on heads, each scored by the sum over its channels.
+            scores = scores.view(len(rows), heads, -1).sum(2)
+            keep = head_keep / heads if head_keep is not None else keep
+        ranked = rank_channels(
+            scores,
             torch.tensor(totals, device=rows[0].device),
             rule=self.config.rule,
             votes=self.config.votes,
@@ -226,3 +293,33 @@ class CUTImportance(tp.importance.Importance):
             weights=self.config.task_weights([self.tasks[i] for i in used]),
             calibrate=self.config.calibrate,
         )
+        return ranked.repeat_interleave(len(group[0].idxs) // heads) if heads > 1 else ranked
+
+    def _heads_of(self, group: Any, channels: int) -> tuple[int, int | None]:
+        """(head count, heads to keep or None) of an attention group; (1, None) otherwise."""
+        layers = [
+            dep.target.module
+            for dep, _ in group
+            if dep.handler in OUT_HANDLERS and dep.target.module in self.num_heads
+        ]
+        if not layers:
+            return 1, None
+        heads = max(int(self.num_heads[m]) for m in layers)
+        if heads <= 1 or channels % heads:
+            return 1, None
+        keep = [self.head_keep[m] for m in layers if m in self.head_keep]
+        return heads, (min(max(keep), heads) if keep else None)
+
+    def _check_outputs(self, group: Any) -> None:
+        """Raise when ``group`` would prune a task output layer's output channels."""
+        for dep, _ in group:
+            found = self._outputs.get(id(dep.target.module))
+            if found is not None and dep.handler in OUT_HANDLERS:
+                task, name = found
+                raise ValueError(
+                    f"CUTImportance was given a group that prunes {name!r}, the output layer of "
+                    f"task {task!r}: its output width would change. Protect the task outputs: "
+                    "ignored_layers=list(atp.output_layers(model, example_inputs).values()) "
+                    "(import adapters.torch_pruning as atp), or use atp.CUTPruner / atp.cut_prune, "
+                    "which do so"
+                )

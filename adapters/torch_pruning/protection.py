@@ -15,7 +15,13 @@ from cut_plugin.masks import PRUNABLE_TYPES
 from cut_plugin.state import scoring_state
 from cut_plugin.vocabulary import Inputs, as_example_inputs, run_model
 
-__all__ = ["output_layers", "protected_layers", "to_copy_kwargs"]
+__all__ = [
+    "SaturatingCounts",
+    "output_layers",
+    "protected_layers",
+    "saturating_kwargs",
+    "to_copy_kwargs",
+]
 
 
 MODULE_KEYED = ("ignored_layers", "pruning_ratio_dict", "unwrapped_parameters", "in_channel_groups",
@@ -162,3 +168,26 @@ def _structural_layers(
     tied = [m for group in owners.values() if len(group) > 1 for m in group]
     reused = [m for m in layers if calls.get(id(m), 0) > 1] + tied
     return reads_input + [m for m in reused if all(m is not k for k in reads_input)]
+
+
+class SaturatingCounts:
+    """A Torch-Pruning pruner mix-in: a layer keeps at least ``round_to`` channels.
+
+    Torch-Pruning keeps ``int(C * (1 - r))`` channels and refuses a group that would
+    keep none, leaving it whole: an 8-channel layer kept 8 at r = 0.9, so the achieved
+    size grew with the ratio. Saturating instead keeps sizes monotone in the ratio.
+    Used by ``CUTPruner`` and ``baseline_prune`` alike, so both count the same way.
+    """
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        n_pruned = super()._round_to(n_pruned, current_channels, round_to)  # type: ignore[misc]
+        return min(n_pruned, max(current_channels - round_to, 0))
+
+
+def saturating_kwargs(tp_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``tp_kwargs`` with ``round_to=1`` unless given: Torch-Pruning then routes every count
+    through ``_round_to`` (:class:`SaturatingCounts`)."""
+    result = dict(tp_kwargs)
+    if result.get("round_to") is None:
+        result["round_to"] = 1
+    return result

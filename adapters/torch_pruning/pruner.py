@@ -9,13 +9,27 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch_pruning as tp
-from torch import nn
+from torch import fx, nn
 
+from adapters.torch_pruning.attention import head_options, plan_head_step, protect_mha, sync_heads
 from adapters.torch_pruning.importance import CUTImportance
-from adapters.torch_pruning.protection import protected_layers, to_copy_kwargs
+from adapters.torch_pruning.protection import (
+    SaturatingCounts,
+    protected_layers,
+    saturating_kwargs,
+    to_copy_kwargs,
+)
 from cut_plugin import apply_masks, cut_masks, score_tasks, select_tasks
+from cut_plugin.checks import (
+    FROZEN_ATTRIBUTE_FIX,
+    check_outputs,
+    check_shapes,
+    outputs_of,
+    unwrap_model,
+)
 from cut_plugin.config import CUT_OPTIONS, CUTConfig, resolve_config, split_options
 from cut_plugin.record import PruningRecord, history_of, write_record
+from cut_plugin.state import scoring_state
 from cut_plugin.vocabulary import (
     Inputs,
     Loss,
@@ -28,7 +42,7 @@ from cut_plugin.vocabulary import (
 __all__ = ["CUTPruner", "cut_prune"]
 
 
-class CUTPruner(tp.pruner.BasePruner):
+class CUTPruner(SaturatingCounts, tp.pruner.BasePruner):
     """A Torch-Pruning pruner that makes a compact model serving only ``tasks``.
 
     On construction: the model is copied with only ``tasks`` (``select_tasks``;
@@ -41,7 +55,10 @@ class CUTPruner(tp.pruner.BasePruner):
     keyword is Torch-Pruning's: ``global_pruning``, ``iterative_steps``,
     ``pruning_ratio_dict``, ``round_to``, ``max_pruning_ratio``, ``ignored_layers``...
     The compact model carries a :class:`cut_plugin.PruningRecord` (tasks, history,
-    config), updated after every step.
+    config), updated after every step. With ``check=True`` (the default) every step
+    runs the pruned model once on ``example_inputs`` and raises
+    :class:`cut_plugin.checks.TransformCheckError` if it crashes or changes a task's
+    output shape. A ``torch.compile``'d or ``DataParallel`` model is unwrapped (warning).
     """
 
     def __init__(
@@ -57,8 +74,10 @@ class CUTPruner(tp.pruner.BasePruner):
         max_batches: int | None = None,
         task_names: Sequence[str] | None = None,
         progress: bool = True,
+        check: bool = True,
         **kwargs: Any,
     ) -> None:
+        model = unwrap_model(model, operation="CUTPruner")
         ratio = check_ratio(pruning_ratio)
         options, tp_kwargs = split_options(kwargs)
         if "importance" in tp_kwargs:
@@ -68,7 +87,7 @@ class CUTPruner(tp.pruner.BasePruner):
         example = as_example_inputs(example_inputs, model)
         selected_tasks = check_tasks(tasks)
         cut = resolve_config(config, options, tasks=selected_tasks)
-        compact = select_tasks(model, selected_tasks, task_names=task_names)
+        compact = select_tasks(model, selected_tasks, task_names=task_names, example_inputs=example)
         check_losses(losses, selected_tasks)
         self._prior_history = history_of(model)
         write_record(
@@ -81,6 +100,10 @@ class CUTPruner(tp.pruner.BasePruner):
             ),
         )
         tp_kwargs = to_copy_kwargs(model, compact, tp_kwargs)
+        # Self-attention loses whole heads (unless the caller set num_heads themselves).
+        heads = head_options(compact, ratio, tp_kwargs)
+        tp_kwargs.update(heads)
+        self._plan_heads = bool(heads)
         ignored = list(tp_kwargs.pop("ignored_layers", None) or [])
         ignored += [
             m for m in protected_layers(compact, example) if all(m is not k for k in ignored)
@@ -91,11 +114,25 @@ class CUTPruner(tp.pruner.BasePruner):
         self.data = data
         self.max_batches = max_batches
         importance.estimate(compact, data, max_batches)
+        tp_kwargs = saturating_kwargs(tp_kwargs)
         was_training = model.training
-        super().__init__(
-            compact, example, importance, pruning_ratio=ratio, ignored_layers=ignored, **tp_kwargs
-        )
+        # Torch-Pruning traces the graph through autograd: a frozen layer would be invisible
+        # (its BatchNorm pruned alone), so every parameter requires grad while it traces.
+        with scoring_state(compact):
+            super().__init__(
+                compact,
+                example,
+                importance,
+                pruning_ratio=ratio,
+                ignored_layers=ignored,
+                **tp_kwargs,
+            )
+        protect_mha(self)
+        importance.num_heads = self.num_heads  # shared: Torch-Pruning lowers it per step
         compact.train(was_training)
+        self.check = check
+        self._example = example
+        self._shapes = {t: v.shape for t, v in outputs_of(compact, example).items()}
 
     def step(self, interactive: bool = False) -> Any:
         """Prune one step; with ``interactive=True`` yield the groups to prune yourself."""
@@ -111,18 +148,37 @@ class CUTPruner(tp.pruner.BasePruner):
         # Torch-Pruning's step ratios are fractions of the initial width, but the
         # tasks vote on the channels that are left: each keeps (1 - r_k) / (1 - r_{k-1}).
         keep = min(1.0, max(0.0, (1.0 - step_ratio) / max(1.0 - done, 1e-12)))
+        importance.head_keep = (
+            plan_head_step(self, self.current_step + 1) if self._plan_heads else {}
+        )
         if not interactive:
             with importance.keeping(keep):
                 result = super().step(False)
+            sync_heads(self.model)
             self._record_history()
+            self._check_step()
             return result
 
         def groups() -> Any:
             with importance.keeping(keep):
                 yield from super(CUTPruner, self).step(True)
+            sync_heads(self.model)
             self._record_history()
+            self._check_step()
 
         return groups()
+
+    def _check_step(self) -> None:
+        """The pruned model must run on the example inputs and keep every task's output shape."""
+        if not self.check:
+            return
+        fix = (
+            FROZEN_ATTRIBUTE_FIX
+            if isinstance(self.model, fx.GraphModule)
+            else "pass the layer that breaks in ignored_layers=[...] (CUTPruner(..., check=False) "
+            "skips this check)"
+        )
+        check_shapes("CUTPruner.step", self.model, self._example, self._shapes, fix=fix)
 
     def _record_history(self) -> None:
         history = self._prior_history + [tuple(h) for h in self.pruning_history()]
@@ -142,6 +198,7 @@ def cut_prune(
     max_batches: int | None = None,
     task_names: Sequence[str] | None = None,
     progress: bool = True,
+    check: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """One call: a new compact model serving only ``tasks`` (the caller's model untouched).
@@ -156,7 +213,13 @@ def cut_prune(
     CUT's options: ``config=CUTConfig(...)`` or its fields as keywords (``criterion``,
     ``rule``, ``votes``, ``weights`` — a dict or a list in the order of ``tasks`` —,
     ``calibrate``).
+
+    Checked (``check=True``, one forward on ``example_inputs``): every step keeps each
+    task's output shape, and at ``pruning_ratio=0`` the result equals the original
+    on ``tasks``; a failure raises :class:`cut_plugin.checks.TransformCheckError`.
+    A ``torch.compile``'d or ``DataParallel`` model is unwrapped (with a warning).
     """
+    model = unwrap_model(model, operation="cut_prune")
     if granularity == "channel":
         pruner = CUTPruner(
             model,
@@ -169,10 +232,13 @@ def cut_prune(
             max_batches=max_batches,
             task_names=task_names,
             progress=progress,
+            check=check,
             **kwargs,
         )
         for _ in range(pruner.iterative_steps):
             pruner.step()
+        if check and pruner.pruning_ratio == 0.0:
+            _check_unpruned(model, pruner.model, example_inputs, tasks, task_names)
         return pruner.model
     if granularity == "weight":
         ratio = check_ratio(pruning_ratio)
@@ -184,7 +250,10 @@ def cut_prune(
                 f"CUT's options are {list(CUT_OPTIONS)}"
             )
         cut = resolve_config(config, options, tasks=selected_tasks)
-        selected = select_tasks(model, selected_tasks, task_names=task_names)
+        example = as_example_inputs(example_inputs, model)
+        selected = select_tasks(
+            model, selected_tasks, task_names=task_names, example_inputs=example
+        )
         scores = score_tasks(
             selected,
             data,
@@ -203,5 +272,28 @@ def cut_prune(
             masks=masks,
             config=cut,
         )
+        if check and ratio == 0.0:
+            _check_unpruned(model, pruned, example, selected_tasks, task_names)
         return write_record(pruned, record)
     raise ValueError(f"granularity must be 'channel' or 'weight', got {granularity!r}")
+
+
+def _check_unpruned(
+    model: nn.Module,
+    compact: nn.Module,
+    example_inputs: Inputs,
+    tasks: Sequence[str],
+    task_names: Sequence[str] | None,
+) -> None:
+    """At ``pruning_ratio=0`` the compact model computes the original's selected outputs."""
+    example = as_example_inputs(example_inputs, model)
+    reference = outputs_of(model, example, task_names)
+    check_outputs(
+        "cut_prune(pruning_ratio=0)",
+        compact,
+        example,
+        {task: reference[task] for task in tasks},
+        promise="the original model",
+        fix="nothing should have been removed: report the model (cut_prune(..., check=False) "
+        "skips this check)",
+    )

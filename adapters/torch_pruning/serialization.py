@@ -6,15 +6,18 @@ Re-exported by :mod:`adapters.torch_pruning`; import from there.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch_pruning as tp
-from torch import nn
+from torch import fx, nn
 
 from cut_plugin import select_tasks
+from cut_plugin.checks import check_shapes, outputs_of
 from cut_plugin.record import PruningRecord, history_of, read_record, write_record
+from cut_plugin.state import scoring_state
 from cut_plugin.vocabulary import Inputs, as_example_inputs
 
 __all__ = ["load_pruned", "pruning_history", "save_pruned"]
@@ -53,49 +56,108 @@ def save_pruned(
     record = (record or PruningRecord()).replace(training=model.training)
     if history is not None:
         record = record.replace(history=[(str(n), bool(o), list(i)) for n, o, i in history])
-    state = {"format": FORMAT, "record": record.to_state(), "state_dict": model.state_dict()}
+    state = {
+        "format": FORMAT,
+        "record": record.to_state(),
+        "state_dict": model.state_dict(),
+        # load_pruned rebuilds the same kind: the user's class, or a traced graph.
+        "traced": isinstance(model, fx.GraphModule),
+    }
     torch.save(state, path)
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[PruningRecord, dict[str, Any]]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def _load(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(weights_only=True)``, with a ValueError saying what the file is not."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"{name!r}: no such file (save one with save_pruned(model, path))")
+    if os.path.getsize(name) == 0:
+        raise ValueError(f"{name!r} is empty (0 bytes), not a file written by save_pruned")
+    if zipfile.is_zipfile(name):
+        with zipfile.ZipFile(name) as archive:
+            entries = archive.namelist()
+        if any(e.endswith("/constants.pkl") or "/code/" in e for e in entries):
+            raise ValueError(
+                f"{name!r} is a TorchScript archive (export_torchscript), not a save_pruned "
+                "file; load it with torch.jit.load"
+            )
+    try:
+        return torch.load(name, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises OSError, EOFError, KeyError, RuntimeError...
+        with open(name, "rb") as file:
+            head = file.read(512)
+        if head.startswith(b"PK"):
+            what = "a truncated or corrupt zip archive"
+        elif all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+            what = "a text file, not a torch.save archive"
+        elif "weights_only" in str(error) or "Unpickl" in type(error).__name__:
+            what = "a torch.save file with pickled objects that weights_only=True refuses"
+        else:
+            what = "not a readable torch.save archive (truncated or another format)"
+        raise ValueError(
+            f"{name!r} is {what} ({type(error).__name__}); it is not a file written by "
+            "save_pruned: save the compact model with save_pruned(model, path)"
+        ) from None
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[PruningRecord, dict[str, Any], bool | None]:
+    state = _load(path)
     if not isinstance(state, dict) or state.get("format") not in FORMATS:
         raise ValueError(
             f"{os.fspath(path)!r} is not a file written by save_pruned (format {FORMAT!r})"
         )
-    if state["format"] == FORMAT:
-        return PruningRecord.from_state(state["record"]), state["state_dict"]
-    # v1: history, tasks and task names at the top level; no mode, masks or config.
-    record = PruningRecord(
-        tasks=state["tasks"], task_names=state.get("task_names"), history=state["history"]
-    )
-    return PruningRecord.from_state(record.to_state()), state["state_dict"]
+    try:
+        if state["format"] == FORMAT:
+            record = PruningRecord.from_state(state["record"])
+            return record, state["state_dict"], state.get("traced")
+        # v1: history, tasks and task names at the top level; no mode, masks or config.
+        old = PruningRecord(
+            tasks=state["tasks"], task_names=state.get("task_names"), history=state["history"]
+        )
+        return PruningRecord.from_state(old.to_state()), state["state_dict"], True
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{os.fspath(path)!r} is an incomplete save_pruned file (missing or bad "
+            f"{error}); save it again with save_pruned(model, path)"
+        ) from None
 
 
 def load_pruned(
-    path: str | os.PathLike[str], model_factory: Callable[[], nn.Module], example_inputs: Inputs
+    path: str | os.PathLike[str],
+    model_factory: Callable[[], nn.Module],
+    example_inputs: Inputs,
+    *,
+    check: bool = True,
 ) -> nn.Module:
     """Rebuild a compact model saved by :func:`save_pruned`, in the mode it was saved in.
 
     ``model_factory()`` must build the original (unpruned, all tasks) architecture;
     the saved pruning history is replayed on it, then the saved task selection,
     then the state dict is loaded and the record attached. Loads with
-    ``weights_only=True``.
+    ``weights_only=True``. Checked (``check=True``, one forward of the original and
+    one of the result on ``example_inputs``): the result runs and returns the saved
+    tasks with the original's output shapes (the pruners here never change a task's
+    output width; ``check=False`` for a model whose output layers were pruned).
+
+    Raises:
+        ValueError: the file is empty, truncated, text, a TorchScript archive or not
+            written by ``save_pruned``; or the factory does not build its architecture.
     """
     if not callable(model_factory):
         raise TypeError(
             "model_factory must be a callable that builds the original model, e.g. lambda: Net()"
         )
-    record, state_dict = _read(path)
+    record, state_dict, traced = _read(path)
     model = model_factory()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model_factory() must return an nn.Module, got {type(model).__name__}")
     was_training = model.training
+    example = as_example_inputs(example_inputs, model)
+    reference = outputs_of(model, example, record.task_names) if check else {}
     # Replay on the full model first (earlier prunings may have touched heads a
     # later task selection dropped), then select the tasks.
-    graph = tp.DependencyGraph().build_dependency(
-        model, as_example_inputs(example_inputs, model), verbose=False
-    )
+    with scoring_state(model):  # Torch-Pruning traces through autograd: no frozen layer hidden
+        graph = tp.DependencyGraph().build_dependency(model, example, verbose=False)
     try:
         graph.load_pruning_history([tuple(h) for h in record.history])
     except AttributeError as error:
@@ -104,7 +166,22 @@ def load_pruned(
             "pass the factory of the original architecture"
         ) from None
     if record.tasks is not None:
-        model = select_tasks(model, record.tasks, task_names=record.task_names)
+        # The kind that was saved: a traced graph (older files too), or the user's class.
+        try:
+            model = select_tasks(
+                model,
+                record.tasks,
+                task_names=record.task_names,
+                example_inputs=None if traced is not False else example,
+            )
+        except Exception as error:  # the rebuilt model itself fails: the wrong factory
+            first = (str(error).splitlines() or [""])[0]
+            raise ValueError(
+                f"load_pruned: the model model_factory() builds, with the saved pruning of "
+                f"{os.fspath(path)!r} replayed, fails on the example inputs "
+                f"({type(error).__name__}: {first}); pass the factory of the original "
+                "architecture (all tasks, unpruned)"
+            ) from error
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:
@@ -113,4 +190,15 @@ def load_pruned(
             "pass the factory of the original architecture (all tasks, unpruned)"
         ) from None
     model.train(was_training if record.training is None else record.training)
+    if check:
+        tasks = record.tasks if record.tasks is not None else list(reference)
+        check_shapes(
+            "load_pruned",
+            model,
+            example,
+            {task: reference[task].shape for task in tasks if task in reference},
+            fix=f"model_factory() must build the architecture {os.fspath(path)!r} was pruned "
+            "from (all tasks, unpruned); load_pruned(..., check=False) skips this check",
+            error_type=ValueError,
+        )
     return write_record(model, record)
