@@ -30,7 +30,6 @@ __all__ = [
     "Rule",
     "check_keep_ratio",
     "check_rule",
-    "combine",
     "fuse",
     "fuse_blocks",
     "group_normalise",
@@ -159,23 +158,6 @@ def _weights(weights: Any, names: list[str], device: torch.device) -> Tensor:
     if not torch.isfinite(w).all() or (w < 0).any():
         raise ValueError(f"weights must be finite and >= 0, got {values}")
     return w
-
-
-def combine(
-    scores: Tensor,
-    rule: str,
-    weights: Mapping[str, float] | Sequence[float] | None,
-    names: list[str],
-) -> Tensor:
-    """Fuse already-normalised ``scores`` ``(num_tasks, *shape)`` by a score rule (mean/max/weighted)."""
-    if rule == "mean":
-        return scores.mean(dim=0)
-    if rule == "max":
-        return scores.max(dim=0).values
-    if rule == "weighted":
-        w = _weights(weights, names, scores.device)
-        return (w.reshape(-1, *([1] * (scores.dim() - 1))) * scores).sum(dim=0)
-    raise ValueError(f"{rule!r} is not a score rule; choose from ['mean', 'max', 'weighted']")
 
 
 def _needed(users: Tensor, rule: str, votes: int) -> Tensor:

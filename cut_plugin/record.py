@@ -19,7 +19,7 @@ Implementation notes:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,9 +145,3 @@ def history_of(model: nn.Module) -> list[HistoryEntry]:
     """The Torch-Pruning history ``model`` carries (empty if none)."""
     record = read_record(model)
     return [tuple(h) for h in record.history] if record is not None else []  # type: ignore[misc]
-
-
-def tasks_of(model: nn.Module) -> Sequence[str] | None:
-    """The tasks ``model`` serves according to its record (None if unknown)."""
-    record = read_record(model)
-    return record.tasks if record is not None else None

@@ -27,14 +27,13 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from cut_plugin.vocabulary import Loss
 from pam_plugin import MergedNetwork
 
 __all__ = ["PRUNED_GROUPS", "prune_merged"]
 
 PrunedGroups = Literal["shared", "all"]
 PRUNED_GROUPS: tuple[PrunedGroups, ...] = ("shared", "all")
-
-Loss = Callable[[Tensor, Tensor], Tensor]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
