@@ -18,7 +18,7 @@ from typing import Any
 
 from benchmarks.needs import Need
 
-__all__ = ["Part", "no_needs", "no_plots", "no_summary"]
+__all__ = ["Part", "no_headline", "no_needs", "no_plots", "no_summary"]
 
 
 def no_summary(metrics: Any) -> list[str]:
@@ -28,6 +28,11 @@ def no_summary(metrics: Any) -> list[str]:
 
 def no_plots(metrics: Any, out: Path, plt: Any) -> list[str]:
     """A part without plots."""
+    return []
+
+
+def no_headline(metrics: Any) -> list[dict[str, Any]]:
+    """A part that makes no headline claim."""
     return []
 
 
@@ -52,7 +57,10 @@ class Part:
     ``render(metrics) -> markdown``; ``summary(metrics) -> lines`` (best method
     of each table and by how much); ``plots(metrics, out_dir, pyplot) -> file
     names written``; ``needs(config) -> [Need]`` (optional packages, data
-    roots). ``title`` heads the part's section of report.md.
+    roots); ``headline(metrics) -> [entry]`` (the part's claims for
+    ``results.json["headline"]``, BENCHMARKS.md: ``id``, ``setting``,
+    ``value``, ``unit`` and where they apply ``ci95``, ``seeds``,
+    ``baseline``, ``goal``). ``title`` heads the part's section of report.md.
     """
 
     name: str
@@ -63,6 +71,7 @@ class Part:
     summary: Callable[[Any], list[str]] = no_summary
     plots: Callable[[Any, Path, Any], list[str]] = no_plots
     needs: Callable[[Any], list[Need]] = no_needs
+    headline: Callable[[Any], list[dict[str, Any]]] = no_headline
 
     def configure(self, settings: Mapping[str, Any] | None = None) -> Any:
         """The part's config from a suite's settings (JSON lists become tuples where a field is one)."""

@@ -19,6 +19,7 @@ from typing import Any
 from benchmarks.parts import PART_ALIASES, PARTS
 
 __all__ = [
+    "headline_entries",
     "render_report",
     "run_status",
     "summarise",
@@ -43,6 +44,17 @@ def summarise(results: dict[str, Any]) -> list[str]:
     metrics = _metrics(results)
     return [
         line for key, part in PARTS.items() if key in metrics for line in part.summary(metrics[key])
+    ]
+
+
+def headline_entries(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every part's headline claims, from its metrics (BENCHMARKS.md), in the parts' order."""
+    metrics = _metrics(results)
+    return [
+        entry
+        for key, part in PARTS.items()
+        if key in metrics
+        for entry in part.headline(metrics[key])
     ]
 
 
@@ -129,6 +141,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
 def write_results(results: dict[str, Any], out: Path, *, plots: bool = True) -> None:
     """results.json, report.md and (unless ``plots=False``) the plots into ``out``, each atomically."""
     out.mkdir(parents=True, exist_ok=True)
+    results["headline"] = headline_entries(results)
     write_atomic(out / "results.json", json.dumps(results, indent=2, default=str))
     drawn = write_plots(results, out) if plots else []
     report = render_report(results)

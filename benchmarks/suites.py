@@ -28,7 +28,7 @@ from typing import Any
 from benchmarks.measure import environment, git_sha
 from benchmarks.needs import PLOTS, MissingNeeds, Need, missing_needs, module_need
 from benchmarks.parts import PART_ALIASES, PARTS
-from benchmarks.report import write_results
+from benchmarks.report import headline_entries, write_results
 from benchmarks.resume import code_version, kept_parts, part_version
 
 __all__ = [
@@ -205,7 +205,7 @@ def run_suite(
         "run_info": info,
         "metrics": {p: kept[p]["metrics"] for p in kept},
         "meta_info": environment(),
-        "headline": [],  # claims are added by the parts that compute them (BENCHMARKS.md)
+        "headline": [],  # filled from each part's metrics by Part.headline (BENCHMARKS.md)
     }
 
     def save() -> None:
@@ -216,6 +216,7 @@ def run_suite(
         ):  # in the suite's order, as an uninterrupted run
             info[key] = {p: info[key][p] for p in chosen if p in info[key]}
         results["metrics"] = {p: results["metrics"][p] for p in chosen if p in results["metrics"]}
+        results["headline"] = headline_entries(results)
         if out is not None:
             write_results(results, Path(out), plots=plots)
 

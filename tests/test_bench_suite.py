@@ -64,7 +64,8 @@ def test_results_and_report_structure(tiny_results, tmp_path):
     }
     write_results(results, tmp_path)
     stored = json.loads((tmp_path / "results.json").read_text())
-    assert set(stored) == {"run_info", "metrics", "meta_info"}
+    assert set(stored) == {"run_info", "metrics", "meta_info", "headline"}
+    assert stored["headline"] == []  # the MNIST cut table makes no headline claim
     report = (tmp_path / "report.md").read_text()
     for method in ("dense", "cut", "tp-magnitude", "cut-weight"):
         assert f"| {method} |" in report
