@@ -67,14 +67,17 @@ class Context:
 Method = Callable[[Context], tuple[nn.Module, dict[str, torch.Tensor] | None]]
 
 
-def registered(name: str, *, framework: str, **settings: Any) -> Method:
-    """The registry's ``prune`` entry ``name`` under the table's protocol."""
+def registered(name: str, *, framework: str, fresh: bool = False, **settings: Any) -> Method:
+    """The registry's ``prune`` entry ``name`` under the table's protocol.
+
+    ``fresh``: scored and pruned at a fresh initialisation (DiSparse's static variant).
+    """
     config = {"prune": name, "framework": framework, **settings}
 
     def method(ctx: Context) -> tuple[nn.Module, dict | None]:
         pruned = build(
             config,
-            model=ctx.model,
+            model=ctx.fresh_model() if fresh else ctx.model,
             example_inputs=ctx.example(),
             tasks=ctx.tasks,
             losses=ctx.losses(),
@@ -144,13 +147,30 @@ CUT_METHODS: dict[str, Method] = {
     "scratch": scratch,
     "nni-l1": registered("l1", framework="nni"),
     "cut": registered("cut", framework="torch_pruning", rule="vote"),
+    "cut-magnitude": registered(
+        "cut", framework="torch_pruning", rule="vote", criterion="magnitude"
+    ),
+    "cut-fisher": registered("cut", framework="torch_pruning", rule="vote", criterion="fisher"),
     "disparse": registered("disparse", framework="torch_pruning"),
+    "disparse-pretrained": registered("disparse", framework="torch_pruning", criterion="magnitude"),
     "cut-weight": registered("cut", framework="torch_pruning", rule="vote", granularity="weight"),
     "disparse-weight": registered("disparse", framework="torch_pruning", granularity="weight"),
+    "disparse-pretrained-weight": registered(
+        "disparse", framework="torch_pruning", granularity="weight", criterion="magnitude"
+    ),
+    "disparse-static-weight": registered(
+        "disparse", framework="torch_pruning", granularity="weight", fresh=True
+    ),
     "tp-magnitude": registered("magnitude", framework="torch_pruning"),
     "tp-taylor": registered("taylor", framework="torch_pruning"),
     "magnitude-weight": magnitude,
     "snip-init-weight": snip_at_init,
     "random-init-weight": random_at_init,
 }
-"""Method name → ``(Context) -> (pruned model, masks or None)``. ``-weight``: unstructured."""
+"""Method name → ``(Context) -> (pruned model, masks or None)``. ``-weight``: unstructured.
+
+``disparse`` is CUT's scores with DiSparse's any-rule; DiSparse's two released
+variants are ``disparse-pretrained`` (per-task magnitude of the pre-trained
+weights, any-rule) and ``disparse-static-weight`` (SNIP — ``|w·∂L_t/∂w|`` — at a
+fresh initialisation, any-rule, then trained).
+"""

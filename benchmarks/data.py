@@ -28,7 +28,10 @@ from benchmarks.sources import (
 IGNORE_INDEX = -100
 """Target of a sample outside a task's classes (``F.cross_entropy`` skips it)."""
 
-TaskType = Literal["multiclass", "multilabel"]
+TaskType = Literal["multiclass", "multilabel", "segmentation", "depth", "normal"]
+"""How a task's target reads: class index, 0/1 labels, or a dense map (:mod:`benchmarks.dense`)."""
+
+DENSE_TYPES = ("segmentation", "depth", "normal")
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,10 +59,12 @@ class Split:
 
 @dataclass(frozen=True, eq=False)
 class TaskData:
-    """A multi-task dataset: train/test splits, classes per task, and the config that built it.
+    """A multi-task dataset: train/(val)/test splits, classes per task, and the config that built it.
 
-    ``num_classes[task]`` is the width of that task's output layer. ``config`` is
-    JSON-serialisable and identifies the data (it keys the pretrained-model cache).
+    ``num_classes[task]`` is the width of that task's output layer (output
+    channels for a dense task: 1 for depth, 3 for normals). ``config`` is
+    JSON-serialisable and identifies the data (it keys the pretrained-model
+    cache). ``val`` (optional) is where checkpoints and tolerances are chosen.
     """
 
     name: str
@@ -68,6 +73,12 @@ class TaskData:
     num_classes: dict[str, int]
     task_types: dict[str, TaskType] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    val: Split | None = None
+
+    @property
+    def is_dense(self) -> bool:
+        """Whether any task predicts a per-pixel map (segmentation, depth, normals)."""
+        return any(self.task_types.get(t) in DENSE_TYPES for t in self.task_names)
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -80,10 +91,15 @@ class TaskData:
         return tuple(self.train.inputs.shape[1:])
 
     def losses(self) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
-        """``{task: loss}``: cross-entropy (ignoring -100) or BCE-with-logits for multi-label."""
+        """``{task: loss}``: cross-entropy (ignoring -100), BCE-with-logits for multi-label, and
+        for dense tasks :data:`benchmarks.dense.DENSE_LOSSES` (per-pixel cross-entropy, L1 on
+        valid depth, 1 − cosine on valid normals)."""
+        from benchmarks.dense import DENSE_LOSSES
+
         bce = torch.nn.functional.binary_cross_entropy_with_logits
         ce = torch.nn.functional.cross_entropy
-        return {t: bce if self.task_types.get(t) == "multilabel" else ce for t in self.task_names}
+        kinds = {"multilabel": bce, **DENSE_LOSSES}
+        return {t: kinds.get(self.task_types.get(t, "multiclass"), ce) for t in self.task_names}
 
     def for_task(self, task: str) -> TaskData:
         """The single-task dataset of ``task``: only rows that belong to it (target != -100)."""
@@ -106,6 +122,7 @@ class TaskData:
             {task: self.num_classes[task]},
             types,
             config,
+            None if self.val is None else own(self.val),
         )
 
 
@@ -319,7 +336,16 @@ DATASETS: dict[str, Callable[..., TaskData]] = {
     "class_split": class_split_tasks,
     "class_split5": lambda source="mnist5k", **kw: class_split_tasks(source, groups=5, **kw),
     "celeba": lambda **kwargs: _load_celeba(**kwargs),
+    "scenes": lambda **kwargs: _dense("scenes", **kwargs),
+    "nyuv2": lambda **kwargs: _dense("nyuv2", **kwargs),
+    "cityscapes": lambda **kwargs: _dense("cityscapes", **kwargs),
 }
+
+
+def _dense(key: str, **kwargs: Any) -> TaskData:
+    from benchmarks.dense import load_dense
+
+    return load_dense(key, **kwargs)
 
 
 def _load_celeba(**kwargs: Any) -> TaskData:

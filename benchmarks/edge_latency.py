@@ -39,7 +39,15 @@ from benchmarks.part import Part
 from cut_plugin import EXPORTERS, check_onnx, export_onnx
 from cut_plugin.vocabulary import check_ratio
 
-__all__ = ["PART", "EdgeConfig", "main", "ort_latency_ms", "render_edge", "run_edge_latency"]
+__all__ = [
+    "PART",
+    "EdgeConfig",
+    "main",
+    "ort_latency_ms",
+    "ort_session",
+    "render_edge",
+    "run_edge_latency",
+]
 
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {
     "resnet18": {"width": 16, "blocks": [1, 1, 1, 1]},
@@ -106,7 +114,8 @@ def _random_batches(config: EdgeConfig, seed: int) -> list[tuple[Tensor, dict[st
     return result
 
 
-def _ort_session(path: Path) -> Any:
+def ort_session(path: Path) -> Any:
+    """An onnxruntime CPU session on ``path``: one intra-op and one inter-op thread, all graph optimisations."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -169,7 +178,7 @@ def _measure_model(
         export_s = time.perf_counter() - start
         error = check_onnx(model, path, _inputs(3, config.input_size, seed + 1), atol=1e-4)
         macs, params = count_macs(model, (_inputs(1, config.input_size, seed),))
-        sessions[variant] = _ort_session(path)
+        sessions[variant] = ort_session(path)
         facts[variant] = {
             "model": name,
             "variant": variant,

@@ -1,4 +1,4 @@
-"""Model zoo: LeNet-5, VGG-, ResNet-18- and MobileNetV2-style CNNs and an MLP, single- or multi-task.
+"""Model zoo: LeNet-5, VGG-, ResNet-18- and MobileNetV2-style CNNs, an MLP, and a DeepLab-style dense net.
 
 Every model is a ``trunk`` (shared features, ending in a flat vector) plus
 either one ``head`` (:class:`SingleTaskNet`, returns a Tensor) or a
@@ -6,6 +6,11 @@ either one ``head`` (:class:`SingleTaskNet`, returns a Tensor) or a
 Only standard layers, no in-place ops and no data-dependent control flow, so
 every model traces with ``torch.fx`` and prunes with Torch-Pruning. Sized for
 28×28 inputs (any size ≥ 8×8 works; the CNNs end in global average pooling).
+
+``deeplab`` is the dense-prediction model of the CUT and DiSparse papers
+(:class:`benchmarks.dense_models.DeepLabMultiTask`): a dilated ResNet backbone and one ASPP head per
+task, each output upsampled to the input size; ``tasks={task: output channels}``
+(e.g. ``{"seg": 8, "depth": 1, "normal": 3}``).
 """
 
 from __future__ import annotations
@@ -43,11 +48,18 @@ class MultiTaskNet(nn.Module):
 
 
 def conv_bn(
-    cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: bool = True
+    cin: int,
+    cout: int,
+    kernel: int = 3,
+    stride: int = 1,
+    groups: int = 1,
+    act: bool = True,
+    dilation: int = 1,
 ) -> nn.Sequential:
-    """Conv (no bias) → BatchNorm → ReLU (optional)."""
+    """Conv (no bias; ``dilation`` keeps the map's size) → BatchNorm → ReLU (optional)."""
+    padding = dilation * (kernel // 2)
     layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.Conv2d(cin, cout, kernel, stride, padding, dilation, groups=groups, bias=False),
         nn.BatchNorm2d(cout),
     ]
     if act:
@@ -58,10 +70,10 @@ def conv_bn(
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3×3 conv-BN, a projection shortcut when the shape changes."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1) -> None:
         super().__init__()
-        self.conv1 = conv_bn(cin, cout, 3, stride)
-        self.conv2 = conv_bn(cout, cout, 3, 1, act=False)
+        self.conv1 = conv_bn(cin, cout, 3, stride, dilation=dilation)
+        self.conv2 = conv_bn(cout, cout, 3, 1, act=False, dilation=dilation)
         self.shortcut = (
             conv_bn(cin, cout, 1, stride, act=False)
             if stride != 1 or cin != cout
@@ -199,7 +211,7 @@ def make_head(features: int, num_classes: int, layers: int = 1, hidden: int = 64
     return modules[0] if layers == 1 else nn.Sequential(*modules)
 
 
-def _positive(value: Any, name: str) -> int:
+def positive(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
@@ -223,16 +235,31 @@ def build_model(
     per task (``{"digit": 2, "parity": 1}``); ``input_size`` is ``H`` or ``(H, W)``
     (or ``(L,)`` for the MLP).
     """
+    from benchmarks.dense_models import DENSE_MODELS
+
+    if name in DENSE_MODELS:
+        if tasks is None:
+            raise TypeError(
+                f"model {name!r} is multi-task only: give tasks={{task: output channels}}"
+            )
+        if head_layers != 1 or head_hidden != 64:
+            raise TypeError(f"model {name!r} takes head_width, not head_layers/head_hidden")
+        try:
+            return DENSE_MODELS[name](tasks, in_channels=in_channels, **options)
+        except TypeError as error:
+            raise TypeError(
+                f"bad option for model {name!r}: {error}; options given: {sorted(options)}"
+            ) from error
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; choose from {sorted([*MODELS, *DENSE_MODELS])}")
     if (tasks is None) == (num_classes is None):
         raise TypeError(f"give exactly one of tasks={tasks!r} or num_classes={num_classes!r}")
-    _positive(in_channels, "in_channels")
+    positive(in_channels, "in_channels")
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if name != "mlp" and len(size) != 2:
         raise ValueError(f"input_size must be H or (H, W) for {name!r}, got {input_size!r}")
     for side in size:
-        _positive(side, "input_size")
+        positive(side, "input_size")
     try:
         trunk, features = MODELS[name](in_channels, size, **options)
     except TypeError as error:
@@ -248,7 +275,7 @@ def build_model(
             )
         depth = head_layers
         return SingleTaskNet(
-            trunk, make_head(features, _positive(num_classes, "num_classes"), depth, head_hidden)
+            trunk, make_head(features, positive(num_classes, "num_classes"), depth, head_hidden)
         )
     if not isinstance(tasks, Mapping) or not tasks:
         raise TypeError(f"tasks must be a non-empty mapping {{task: num_classes}}, got {tasks!r}")
@@ -259,7 +286,7 @@ def build_model(
     if missing:
         raise ValueError(f"head_layers has no entry for task(s) {missing}; tasks are {list(tasks)}")
     heads = {
-        t: make_head(features, _positive(c, f"tasks[{t!r}]"), depths[t], head_hidden)
+        t: make_head(features, positive(c, f"tasks[{t!r}]"), depths[t], head_hidden)
         for t, c in tasks.items()
     }
     return MultiTaskNet(trunk, heads)

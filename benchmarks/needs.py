@@ -107,6 +107,16 @@ def data_needs(key: str, kwargs: Mapping[str, Any] | None = None) -> list[Need]:
         if root is None:
             return []  # load_celeba raises its own error naming the missing argument
         return [Need("path", os.fspath(root), "CelebA", _ROOTS["celeba"][1])]
+    if key in ("nyuv2", "cityscapes"):
+        root = kwargs.get("root")
+        if root is None:
+            return []  # the loader raises its own error naming the missing argument
+        hint = (
+            "the preprocessed .npy folders of MTAN/LibMTL: ROOT/{train,val}/{image,label,depth,...}"
+        )
+        return [
+            Need("path", os.fspath(root), {"nyuv2": "NYUv2", "cityscapes": "Cityscapes"}[key], hint)
+        ]
     source = kwargs.get("source", "mnist5k")
     if not isinstance(source, str):
         return []  # tensors passed in memory

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from benchmarks import (
     cut_suite,
+    dense_suite,
     edge_latency,
     latency_scaling,
     pam_suite,
@@ -17,6 +18,7 @@ __all__ = ["PART_ALIASES", "PARTS"]
 PARTS: dict[str, Part] = {
     part.name: part
     for part in (
+        dense_suite.PART,
         cut_suite.PART,
         scoring_speed.PART,
         pam_suite.PART,

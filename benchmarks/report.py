@@ -48,14 +48,23 @@ def summarise(results: dict[str, Any]) -> list[str]:
 
 
 def headline_entries(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every part's headline claims, from its metrics (BENCHMARKS.md), in the parts' order."""
+    """Every part's headline claims, from its metrics (BENCHMARKS.md), in the parts' order.
+
+    A part whose claims cannot be read from its metrics gets one entry
+    ``{"id": "<part>.headline_failed", "error": ...}`` instead (never silently none).
+    """
     metrics = _metrics(results)
-    return [
-        entry
-        for key, part in PARTS.items()
-        if key in metrics
-        for entry in part.headline(metrics[key])
-    ]
+    entries: list[dict[str, Any]] = []
+    for key, part in PARTS.items():
+        if key not in metrics:
+            continue
+        try:
+            entries += part.headline(metrics[key])
+        except Exception as error:  # a malformed or old metrics block: say so, keep the rest
+            entries.append(
+                {"id": f"{key}.headline_failed", "error": f"{type(error).__name__}: {error}"}
+            )
+    return entries
 
 
 def render_report(results: dict[str, Any]) -> str:

@@ -245,7 +245,7 @@ def pretrained(
     record = {
         "config": plan.config,
         "key": cache_key(plan.config),
-        "test_accuracy": evaluate(model, data),
+        **_test_scores(model, data),
         "train_seconds": seconds,
         "seconds_per_epoch": seconds / epochs,
         "cpu_seconds_per_epoch": cpu_seconds / epochs,  # all threads; robust to a busy machine
@@ -258,10 +258,20 @@ def pretrained(
     return model.eval()
 
 
+def _test_scores(model: nn.Module, data: TaskData) -> dict[str, Any]:
+    """``test_accuracy`` per task, or for dense data every metric per task (``test_scores``)."""
+    if data.is_dense:
+        from benchmarks.dense import dense_scores
+
+        return {"test_scores": dense_scores(model, data)}
+    return {"test_accuracy": evaluate(model, data)}
+
+
 def pretrained_record(name: str, data_key: str | TaskData, **kwargs: Any) -> dict[str, Any]:
     """The training record of ``pretrained(name, data_key, **kwargs)`` (trains it if not cached).
 
-    Keys: ``config``, ``key``, ``test_accuracy`` ``{task: float}``,
+    Keys: ``config``, ``key``, ``test_accuracy`` ``{task: float}`` (dense data:
+    ``test_scores`` ``{task: {metric: float}}``),
     ``train_seconds``, ``seconds_per_epoch``, ``cpu_seconds_per_epoch``, ``loss_history``,
     ``torch``.
     """

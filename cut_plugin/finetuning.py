@@ -5,6 +5,12 @@ the selected tasks' summed losses; no distillation in the released code. Here a
 teacher (the original model restricted to the same tasks, see ``select_tasks``)
 can add ``distill · Σ_t distill_loss(student_t, teacher_t)``. The loop itself is
 :func:`cut_plugin.training.train_tasks`, shared with PAM's ``retrain``.
+
+Data-parallel: under an initialised ``torch.distributed`` process group
+(``torchrun``), ``finetune`` trains through ``DistributedDataParallel``; every
+rank passes its own shard of the batches (a ``DistributedSampler``), and with
+equal shards of each global batch the result equals one process on the global
+batches (models without train-mode BatchNorm; see :mod:`cut_plugin.training`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cut_plugin.training import train_tasks
+from cut_plugin.training import Distributed, train_tasks
 from cut_plugin.vocabulary import Loss, check_int, check_number
 
 __all__ = ["finetune"]
@@ -36,6 +42,7 @@ def finetune(
     progress: bool = True,
     inplace: bool = False,
     task_names: Sequence[str] | None = None,
+    distributed: Distributed = "auto",
 ) -> nn.Module:
     """Fine-tune on the tasks in ``losses`` with Adam; return the fine-tuned copy.
 
@@ -48,6 +55,13 @@ def finetune(
         teacher: a model returning the same tasks; with ``distill > 0`` its outputs
             are matched by ``distill_loss`` (MSE by default), teacher in eval mode.
         task_names: names of a tuple output.
+        distributed: ``"auto"`` trains data-parallel (``DistributedDataParallel``)
+            when a ``torch.distributed`` process group of 2+ ranks is initialised,
+            ``True`` requires one, ``False`` never. Each rank gives its own shard as
+            ``batches`` (``DistributedSampler``: the function does not shard); every
+            rank starts from rank 0's weights, the gradients are averaged over the
+            ranks at each step, masks are re-applied on every rank, and every rank
+            returns the same unwrapped model with its pruning record.
 
     Every module of the result (and of ``teacher``) is left in the train/eval mode it had.
     """
@@ -70,5 +84,6 @@ def finetune(
         task_names=task_names,
         progress=progress,
         desc="fine-tuning",
+        distributed=distributed,
     )
     return student

@@ -17,23 +17,42 @@ Implementation notes:
 - A task whose class-index targets in a batch are all ``ignore_index`` adds
   nothing for that batch (cross-entropy would be NaN); a batch where every task
   is skipped is no step.
+- Data-parallel (``distributed``): under an initialised ``torch.distributed``
+  process group the model trains through ``DistributedDataParallel``, each rank on
+  the batches it is given (its shard, e.g. from a ``DistributedSampler``: the loop
+  does not shard). DDP starts every rank from rank 0's weights and buffers and
+  averages the gradients: with mean-reduced losses and equal shards, a step on the
+  shards of a global batch is the single-process step on it. The caller's module
+  is trained in place (record untouched) and returned unwrapped; masks are
+  re-applied on every rank after every step.
+- Train-mode BatchNorm normalises with each rank's own batch statistics and keeps
+  rank 0's running statistics (DDP's behaviour): equal to one process only without
+  train-mode BatchNorm (frozen or none). ``torch.nn.SyncBatchNorm`` is CUDA-only.
+- Under DDP a rank whose batch has nothing to learn (all ``ignore_index``) steps
+  with a zero loss (the ranks step together); ranks with unequal numbers of
+  batches are joined (``Join``) — give every rank the same number of batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from cut_plugin.masks import apply_masks, check_masks
 from cut_plugin.vocabulary import (
     Inputs,
     Loss,
+    as_task_outputs,
     check_batch,
     check_batches,
     check_int,
@@ -47,9 +66,12 @@ from cut_plugin.vocabulary import (
 )
 
 __all__ = [
+    "DISTRIBUTED",
+    "Distributed",
     "OptimizerFactory",
     "SchedulerFactory",
     "TrainingHistory",
+    "data_parallel",
     "summed_loss",
     "train_tasks",
 ]
@@ -59,6 +81,9 @@ OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 """Builds a learning-rate schedule from the optimiser; it is stepped after every complete pass."""
 Batches = Iterable[Any] | Callable[[int], Iterable[Any]]
+Distributed = bool | Literal["auto"]
+"""``"auto"``: DDP when a process group of 2+ ranks is initialised; True: DDP (needs one); False: never."""
+DISTRIBUTED: tuple[Distributed, ...] = ("auto", True, False)
 
 
 @dataclass
@@ -104,6 +129,7 @@ def train_tasks(
     task_names: Sequence[str] | None = None,
     progress: bool = True,
     desc: str = "training",
+    distributed: Distributed = "auto",
 ) -> TrainingHistory:
     """Train ``model`` in place on the unweighted sum of the tasks' losses; return the history.
 
@@ -123,7 +149,13 @@ def train_tasks(
         teacher: with ``distill > 0``, adds ``distill · Σ_t distill_loss(f_t, teacher_t)``
             (teacher in eval mode, without gradients).
         ignore_index: skip a task in a batch whose class-index targets all equal it.
-        progress, desc: a tqdm progress bar and its label.
+        progress, desc: a tqdm progress bar and its label (shown on rank 0 only).
+        distributed: ``"auto"`` (default) trains through ``DistributedDataParallel``
+            when a ``torch.distributed`` process group of two or more ranks is
+            initialised (e.g. under ``torchrun``), ``True`` always does (and raises
+            without a process group), ``False`` never does. Each rank passes its
+            own shard of the data as ``batches`` (e.g. a DataLoader with a
+            ``DistributedSampler``); the history is the rank's own.
 
     Raises:
         ValueError: a pass over ``batches`` yields no batch (or none with a
@@ -168,66 +200,137 @@ def train_tasks(
         step_fn = optimizer(trainable)
     else:
         step_fn = torch.optim.Adam(trainable, lr=lr)  # type: ignore[arg-type]
+    parallel = _use_data_parallel(distributed)
     schedule = scheduler(step_fn) if scheduler is not None else None
     modes = [(m, m.training) for m in model.modules()]
     modes += [(m, m.training) for m in teacher.modules()] if teacher is not None else []
     history = TrainingHistory()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc=desc, disable=not progress or _rank() > 0, leave=False)
+    net: nn.Module = model
     try:
         apply_masks(model, fixed, inplace=True)
         model.train()
         if teacher is not None:
             teacher.eval()
-        epoch, index = 0, 0
-        while (epochs is None or epoch < epochs) and (steps is None or history.steps < steps):
-            source = batches(epoch) if callable(batches) else batches
-            check_batches(source)
-            seen, taken, finished = 0, 0, True
-            for batch in source:
-                inputs, targets = check_batch(batch, index)
-                loss, outputs = summed_loss(
-                    model,
-                    inputs,
-                    targets,
-                    task_losses,
-                    index=index,
-                    task_names=task_names,
-                    ignore_index=ignore_index,
-                )
-                index, seen = index + 1, seen + 1
-                if loss is None:
-                    continue
-                if teacher is not None and distill > 0:
-                    with torch.no_grad():
-                        reference = run_model(teacher, inputs, task_names)
-                    loss = loss + distill * sum(
-                        distill_loss(outputs[t], reference[t].detach()) for t in task_losses
+        if parallel:
+            net = data_parallel(model, tasks, task_names=task_names)
+        joined = Join([net]) if parallel else contextlib.nullcontext()  # type: ignore[list-item]
+        with joined:
+            epoch, index = 0, 0
+            while (epochs is None or epoch < epochs) and (steps is None or history.steps < steps):
+                source = batches(epoch) if callable(batches) else batches
+                check_batches(source)
+                seen, taken, finished = 0, 0, True
+                for batch in source:
+                    inputs, targets = check_batch(batch, index)
+                    loss, outputs = summed_loss(
+                        net,
+                        inputs,
+                        targets,
+                        task_losses,
+                        index=index,
+                        task_names=None if parallel else task_names,
+                        ignore_index=ignore_index,
                     )
-                step_fn.zero_grad(set_to_none=True)
-                loss.backward()
-                step_fn.step()
-                apply_masks(model, fixed, inplace=True)
-                value = loss.item()
-                history.losses.append(value)
-                history.samples.append(_batch_size(inputs))
-                history.passes.append(epoch)
-                taken += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}")
-                if steps is not None and history.steps >= steps:
-                    finished = False
-                    break
-            if finished:
-                _check_pass(epoch, seen, taken)
-                if schedule is not None:
-                    schedule.step()
-            epoch += 1
+                    index, seen = index + 1, seen + 1
+                    if loss is None and parallel:
+                        # the ranks step together: this one adds a zero gradient to the average
+                        loss = torch.stack([o.sum() for o in outputs.values()]).sum() * 0.0
+                    if loss is None:
+                        continue
+                    if teacher is not None and distill > 0:
+                        with torch.no_grad():
+                            reference = run_model(teacher, inputs, task_names)
+                        loss = loss + distill * sum(
+                            distill_loss(outputs[t], reference[t].detach()) for t in task_losses
+                        )
+                    step_fn.zero_grad(set_to_none=True)
+                    loss.backward()
+                    step_fn.step()
+                    apply_masks(model, fixed, inplace=True)
+                    value = loss.item()
+                    history.losses.append(value)
+                    history.samples.append(_batch_size(inputs))
+                    history.passes.append(epoch)
+                    taken += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.4f}")
+                    if steps is not None and history.steps >= steps:
+                        finished = False
+                        break
+                if finished:
+                    _check_pass(epoch, seen, taken)
+                    if schedule is not None:
+                        schedule.step()
+                epoch += 1
     finally:
         bar.close()
         step_fn.zero_grad(set_to_none=True)
+        # dropping the wrapper removes DDP's gradient hooks from the caller's parameters
+        del net
         for module, mode in modes:
             module.training = mode
     return history
+
+
+class _TrainedOutputs(nn.Module):
+    """The model's outputs for the trained tasks only, as ``{task: Tensor}``.
+
+    DDP waits for a gradient of every parameter reachable from what the forward
+    returns: a head whose output no loss uses would stall it, so only the trained
+    tasks' outputs are returned (with ``find_unused_parameters`` for the rest).
+    """
+
+    def __init__(self, model: nn.Module, tasks: Sequence[str], task_names: Sequence[str] | None):
+        super().__init__()
+        self.model = model
+        self.tasks = list(tasks)
+        self.task_names = list(task_names) if task_names is not None else None
+
+    def forward(self, *inputs: Any) -> dict[str, Tensor]:
+        outputs = as_task_outputs(self.model(*inputs), self.task_names)
+        return {t: outputs[t] for t in self.tasks if t in outputs}
+
+
+def data_parallel(
+    model: nn.Module, tasks: Sequence[str], *, task_names: Sequence[str] | None = None
+) -> nn.Module:
+    """``model`` wrapped for data-parallel training of ``tasks`` (DDP over the default group).
+
+    Returns a ``DistributedDataParallel`` module whose forward gives the trained
+    tasks' outputs ``{task: Tensor}``; it shares ``model``'s parameters (training
+    it trains ``model``). Building it broadcasts rank 0's parameters and buffers
+    to every rank. ``find_unused_parameters=True``: a parameter no trained task
+    reaches in a step (a head of an untrained task, a task skipped by
+    ``ignore_index``) keeps its gradient as a single process would.
+    """
+    return DistributedDataParallel(
+        _TrainedOutputs(model, tasks, task_names), find_unused_parameters=True
+    )
+
+
+def _use_data_parallel(distributed: Any) -> bool:
+    """Whether ``distributed`` asks for DDP now; raises for a bad value or a missing group."""
+    if distributed not in DISTRIBUTED or not isinstance(distributed, bool | str):
+        raise ValueError(
+            f"distributed must be 'auto', True or False, got {distributed!r}: 'auto' trains "
+            "data-parallel when a torch.distributed process group is initialised"
+        )
+    initialised = dist.is_available() and dist.is_initialized()
+    if distributed is True and not initialised:
+        raise ValueError(
+            "distributed=True needs an initialised torch.distributed process group: call "
+            "torch.distributed.init_process_group (e.g. under torchrun) first, or pass "
+            "distributed='auto' or False"
+        )
+    if distributed == "auto":
+        return initialised and dist.get_world_size() > 1
+    return bool(distributed)
+
+
+def _rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _check_pass(epoch: int, seen: int, taken: int) -> None:

@@ -112,7 +112,7 @@ def test_suites_are_data_and_every_setting_is_validated():
     from benchmarks.suites import SUITES, SUITES_FILE
 
     raw = json.loads(SUITES_FILE.read_text())
-    assert set(raw) == set(SUITES) == {"quick", "full"}
+    assert set(raw) == set(SUITES) == {"quick", "full", "dense"}
     for name, suite in SUITES.items():
         configs = suite.configs()
         assert list(configs) == list(raw[name]["parts"])
@@ -147,6 +147,8 @@ def test_old_part_name_and_cuda_and_unknown_parts(monkeypatch):
     with pytest.warns(DeprecationWarning, match="now called 'latency_scaling'"):
         results = suites.run_suite("quick", parts=["speedup"], progress=False)
     assert list(results["metrics"]) == ["latency_scaling"] and len(calls) == 1
+    # a part whose metrics hold no claim readable is reported, not dropped silently
+    assert [e["id"] for e in results["headline"]] == ["latency_scaling.headline_failed"]
 
 
 def test_latency_scaling_measures_a_compact_model_and_reads_old_results():

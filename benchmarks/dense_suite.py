@@ -1,0 +1,244 @@
+"""CUT in the papers' setting: a DeepLab-style multi-task model on dense scenes, every baseline.
+
+The setting of CUT and DiSparse (NYUv2, Cityscapes) made offline: procedural
+scenes (:mod:`benchmarks.scenes`) with segmentation, depth and surface normals,
+or the real preprocessed folders when a user has them (``data="nyuv2"``). A
+DeepLab-style model is pre-trained on all tasks once per seed; every method
+then gets that model, the same task subset, scoring batches and fine-tuning.
+
+Fine-tuning is a curve over budgets (BENCHMARKS.md): one Adam run per method,
+evaluated on the **validation** split every ``eval_every`` steps; for each
+budget the checkpoint with the best validation Δm so far is the one whose
+**test** metrics are reported. ``paper_budget`` adds the released recipe (Adam
+lr 1e-5, 1000 steps) as its own run. Over seeds: mean ± sd, and for CUT the
+paired difference to the best other method with a 95 % t-interval — the
+``headline`` entries ``cut.structured.vs_best_baseline`` and
+``cut.unstructured.vs_best_baseline``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from adapters.torch_pruning import count_macs
+from benchmarks.cut_methods import CUT_METHODS, Context
+from benchmarks.data import TaskData, batches, load_data
+from benchmarks.dense import dense_scores, task_delta_m
+from benchmarks.dense_render import (
+    PAPER_BUDGET,
+    dense_headline,
+    dense_summaries,
+    dense_tables,
+    plot_dense,
+)
+from benchmarks.measure import latency_ms, timed
+from benchmarks.needs import data_needs, module_need
+from benchmarks.part import Part
+from benchmarks.training import pretrained
+from cut_plugin import mask_sparsity, select_tasks, train_tasks
+
+__all__ = ["PART", "DenseSuiteConfig", "run_dense_suite"]
+
+TINY_DEEPLAB = {"width": 8, "head_width": 16, "strides": [1, 2, 2, 1], "dilations": [1, 1, 1, 2]}
+"""The CPU suites' DeepLab: output stride 8, 8–64 backbone channels, 16-wide ASPP branches."""
+
+
+@dataclass(frozen=True)
+class DenseSuiteConfig:
+    """The dense CUT tables: data, model, subsets, ratios, methods, seeds and budgets."""
+
+    data: str = "scenes"
+    data_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"size": 64, "train": 1500, "val": 200, "test": 300}
+    )
+    model: str = "deeplab"
+    model_kwargs: dict[str, Any] = field(default_factory=lambda: dict(TINY_DEEPLAB))
+    subsets: tuple[tuple[str, ...], ...] = (("seg", "depth"),)
+    ratios: tuple[float, ...] = (0.5,)
+    methods: tuple[str, ...] = ("cut", "disparse", "tp-magnitude", "tp-taylor", "cut-weight",
+                                "magnitude-weight")  # fmt: skip
+    seeds: tuple[int, ...] = (0,)
+    pretrain_epochs: int = 15
+    pretrain_lr: float = 2e-3
+    batch_size: int = 32
+    score_batches: int = 10
+    budgets: dict[str, int] = field(default_factory=lambda: {"short": 50, "long": 200})
+    finetune_lr: float = 1e-3
+    eval_every: int = 50
+    paper_budget: bool = False
+    latency_repeats: int = 5
+    votes: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in CUT_METHODS]
+        if unknown:
+            raise ValueError(f"methods has unknown {unknown}; choose from {sorted(CUT_METHODS)}")
+        for ratio in self.ratios:
+            if not 0.0 < ratio < 1.0:
+                raise ValueError(f"ratios must be in (0, 1), got {ratio}")
+        if not self.subsets or not self.seeds:
+            raise ValueError("subsets and seeds must each hold at least one entry")
+        if not self.budgets or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.budgets.values()
+        ):
+            raise ValueError(f"budgets must map names to positive step counts, got {self.budgets}")
+        if "0" in self.budgets or "paper" in self.budgets:
+            raise ValueError(
+                "budget names '0' and 'paper' are reserved (no fine-tuning; the paper's)"
+            )
+        if self.eval_every < 1:
+            raise ValueError(
+                f"eval_every must be a positive number of steps, got {self.eval_every}"
+            )
+
+
+def _stream(data: TaskData, batch_size: int, seed: int) -> Iterator:
+    for epoch in itertools.count():
+        yield from batches(data.train, batch_size, seed=seed * 7919 + epoch)
+
+
+def _curve(
+    pruned: nn.Module,
+    masks: Mapping[str, torch.Tensor] | None,
+    ctx: Context,
+    dense_val: Mapping[str, Mapping[str, float]],
+    budgets: Mapping[str, int],
+    lr: float,
+    eval_every: int,
+) -> dict[str, dict[str, Any]]:
+    """One Adam run; per budget the test metrics of the best-on-validation checkpoint so far."""
+    data, tasks = ctx.data, ctx.tasks
+    model = copy.deepcopy(pruned)
+    val = data.val if data.val is not None else data.test
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    stream = _stream(data, ctx.config.batch_size, ctx.seed)
+    marks = sorted(
+        set(range(eval_every, max(budgets.values()) + 1, eval_every)) | set(budgets.values())
+    )
+    best: dict[str, Any] = {}
+
+    def check(step: int) -> None:
+        scores = dense_scores(model, data, val, tasks=tasks)
+        value = task_delta_m(data, scores, dense_val, tasks)
+        if not best or value > best["val_delta_m"]:
+            best.update(step=step, val_delta_m=value, test=dense_scores(model, data, tasks=tasks))
+
+    check(0)
+    points: dict[str, dict[str, Any]] = {}
+    done = 0
+    for mark in marks:
+        train_tasks(model, stream, ctx.losses(), steps=mark - done, optimizer=optimizer,
+                    masks=masks, progress=False)  # fmt: skip
+        done = mark
+        check(done)
+        for name, steps in budgets.items():
+            if steps == done:
+                points[name] = copy.deepcopy(best)
+    return points
+
+
+def _measure(model: nn.Module, data: TaskData, repeats: int) -> dict[str, float]:
+    x1, x16 = data.test.inputs[:1], data.test.inputs[:16]
+    macs, params = count_macs(model, x1)
+    return {
+        "macs": macs,
+        "params": params,
+        "latency_b1_ms": latency_ms(model, x1, repeats=repeats),
+        "latency_b16_ms": latency_ms(model, x16, repeats=repeats),
+    }
+
+
+def _point(data: TaskData, scores: dict, dense: dict, tasks: Sequence[str]) -> dict[str, Any]:
+    return {"test": scores, "delta_m": task_delta_m(data, scores, dense, tasks)}
+
+
+def run_dense_suite(
+    config: DenseSuiteConfig,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] = ".cache/cut-pam",
+) -> dict[str, Any]:
+    """Every method on every seed × subset × ratio; ``{"config", "dense", "rows"}``.
+
+    The suite's ``seed`` offsets ``config.seeds``. Each row holds the method's
+    test metrics and Δm (vs the dense model of its seed) per budget, the
+    validation-chosen step, params, MACs, latency and the method's run time.
+    """
+    seeds = [seed + s for s in config.seeds]
+    cases = [(s, sub, r, m) for s in seeds for sub in config.subsets for r in config.ratios
+             for m in config.methods]  # fmt: skip
+    bar = tqdm(total=len(cases), desc="dense CUT suite", disable=not progress)
+    rows: list[dict[str, Any]] = []
+    dense_rows: list[dict[str, Any]] = []
+    budgets = dict(config.budgets)
+    for run_seed in seeds:
+        data = load_data(config.data, **{"seed": run_seed, **config.data_kwargs})
+        model = pretrained(
+            config.model, data, seed=run_seed, cache_dir=cache_dir,
+            model_kwargs=config.model_kwargs, epochs=config.pretrain_epochs,
+            lr=config.pretrain_lr, batch_size=config.batch_size, progress=progress,
+        )  # fmt: skip
+        val = data.val if data.val is not None else data.test
+        for subset in config.subsets:
+            tasks = list(subset)
+            dense_model = select_tasks(model, tasks)
+            dense_test = dense_scores(dense_model, data, tasks=tasks)
+            dense_val = dense_scores(dense_model, data, val, tasks=tasks)
+            dense_rows.append({
+                "seed": run_seed, "tasks": tasks, "test": dense_test, "val": dense_val,
+                **_measure(dense_model, data, config.latency_repeats),
+            })  # fmt: skip
+            for ratio in config.ratios:
+                for name in config.methods:
+                    bar.set_postfix(seed=run_seed, tasks="+".join(tasks), ratio=ratio, method=name)
+                    ctx = Context(model, data, tasks, ratio, config, run_seed)
+                    torch.manual_seed(run_seed)
+                    (pruned, masks), seconds = timed(lambda c=ctx, n=name: CUT_METHODS[n](c))
+                    curve = _curve(pruned, masks, ctx, dense_val, budgets, config.finetune_lr,
+                                   config.eval_every)  # fmt: skip
+                    if config.paper_budget:
+                        paper = _curve(pruned, masks, ctx, dense_val,
+                                       {"paper": PAPER_BUDGET["steps"]}, PAPER_BUDGET["lr"],
+                                       config.eval_every)  # fmt: skip
+                        curve.update(paper)
+                    before = dense_scores(pruned, data, tasks=tasks)
+                    points = {"0": {"step": 0, **_point(data, before, dense_test, tasks)}}
+                    for budget, chosen in curve.items():
+                        points[budget] = {"step": chosen["step"], "val_delta_m": chosen["val_delta_m"],
+                                          **_point(data, chosen["test"], dense_test, tasks)}  # fmt: skip
+                    rows.append({
+                        "seed": run_seed, "tasks": tasks, "ratio": ratio, "method": name,
+                        "granularity": "weight" if name.endswith("-weight") else "channel",
+                        "budgets": points, "method_seconds": seconds,
+                        "sparsity": mask_sparsity(masks) if masks else None,
+                        **_measure(pruned, data, config.latency_repeats),
+                    })  # fmt: skip
+                    bar.update(1)
+    bar.close()
+    return {"config": asdict(config), "dense": dense_rows, "rows": rows}
+
+
+PART = Part(
+    name="dense",
+    title="CUT on dense multi-task scenes (segmentation, depth, normals): the papers' setting",
+    config=DenseSuiteConfig,
+    run=run_dense_suite,
+    render=dense_tables,
+    summary=dense_summaries,
+    plots=plot_dense,
+    needs=lambda config: [
+        *data_needs(config.data, config.data_kwargs),
+        *[module_need("nni", f"method {m}") for m in config.methods if m.startswith("nni-")],
+    ],
+    headline=dense_headline,
+)
