@@ -1,4 +1,4 @@
-"""``python -m benchmarks run --suite quick|full [--parts ...] [--out DIR] [--seed N] [--device cpu|cuda] [--resume DIR] [--skip-missing]``, ``list``, ``readme``.
+"""``python -m benchmarks run --suite quick|full|dense [--parts ...] [--out DIR] [--seed N] [--device cpu|cuda] [--data scenes|nyuv2|cityscapes --data-root DIR] [--resume DIR] [--skip-missing]``, ``list``, ``readme``.
 
 Exit status of ``run``: 0 when every selected part finished (skipped parts
 included), 1 when a part failed (recorded in ``run_info.failed_parts``), 2 when
@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks.dense_suite import DENSE_DATA, data_settings
 from benchmarks.needs import MissingNeeds
 from benchmarks.report import summarise, update_readme
 from benchmarks.suites import DEVICES, SUITES, previous_run, run_suite
@@ -34,6 +35,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--parts", nargs="+", default=None, help="run only these parts of the suite")
     run.add_argument("--device", default=None, choices=DEVICES, help="cpu (cuda: not yet)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--data",
+        default=None,
+        choices=DENSE_DATA,
+        help="the dense CUT tables' data: the procedural scenes (default) or the real "
+        "preprocessed NYUv2 / Cityscapes folders (with --data-root)",
+    )
+    run.add_argument(
+        "--data-root", type=Path, default=None, metavar="DIR",
+        help="MTAN/LibMTL's preprocessed DIR/{train,val}/{image,label,depth,normal}/<i>.npy",
+    )  # fmt: skip
     run.add_argument(
         "--resume",
         type=Path,
@@ -69,6 +81,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             return 2
         settings.update({key: earlier[key] for key in DEFAULTS if key in earlier})
     settings.update({key: getattr(args, key) for key in DEFAULTS if getattr(args, key) is not None})
+    overrides = None
+    if args.data is not None or args.data_root is not None:
+        try:
+            overrides = {"dense": data_settings(args.data or "scenes", args.data_root)}
+        except ValueError as error:
+            parser.error(str(error))
+        if "dense" not in SUITES[settings["suite"]].parts:
+            parser.error(f"--data applies to the dense part; suite {settings['suite']!r} has none")
     out = args.resume or args.out or Path("bench-out") / settings["suite"]
     if args.resume is None and (out / "results.json").is_file():
         status = json.loads((out / "results.json").read_text()).get("run_info", {}).get("status")
@@ -85,6 +105,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             out=out,
             resume=args.resume is not None,
             skip_missing=args.skip_missing,
+            overrides=overrides,
         )
     except MissingNeeds as error:
         print(f"error: {error}", file=sys.stderr)

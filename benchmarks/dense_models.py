@@ -13,7 +13,25 @@ from torch import Tensor, nn
 
 from benchmarks.models import BasicBlock, conv_bn, positive
 
-__all__ = ["DENSE_MODELS", "ASPPHead", "DeepLabMultiTask", "build_deeplab", "dilated_resnet"]
+__all__ = [
+    "DENSE_MODELS",
+    "PAPER_DEEPLAB",
+    "ASPPHead",
+    "DeepLabMultiTask",
+    "build_deeplab",
+    "dilated_resnet",
+]
+
+PAPER_DEEPLAB = {
+    "width": 64,
+    "blocks": [3, 4, 6, 3],
+    "strides": [1, 2, 1, 1],
+    "dilations": [1, 1, 2, 4],
+    "stem": "imagenet",
+    "rates": [6, 12, 18, 24],
+    "head_width": 1024,
+}
+"""The released code's model: DeepLab ResNet-34 (output stride 8), 1024-wide ASPP branches."""
 
 
 class ASPPHead(nn.Module):

@@ -153,6 +153,12 @@ def _cell(values: Sequence[float], digits: int = 1) -> str:
     return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
+def _sparsity(rows: Sequence[dict[str, Any]]) -> str:
+    """Unstructured rows: the share of masked weights (their params/MACs stay dense)."""
+    values = [r["sparsity"] for r in rows if r.get("sparsity") is not None]
+    return f"{100 * statistics.fmean(values):.0f} %" if values else "–"
+
+
 def _scale(name: str) -> float:
     """Fractions as percentages in the tables."""
     return 100.0 if HIGHER_IS_BETTER.get(name) and name != "delta_m" else 1.0
@@ -174,7 +180,7 @@ def dense_tables(dense: dict[str, Any]) -> str:
     for (tasks, ratio), rows in _groups(dense).items():
         methods = _by_method(rows)
         header = ["method", "granularity", *[f"Δm @ {b}" for b in budgets], "params", "MACs",
-                  "lat b1 (ms)", "run time (s)"]  # fmt: skip
+                  "weight sparsity", "lat b1 (ms)", "run time (s)"]  # fmt: skip
         body = []
         for name, group in methods.items():
             body.append([
@@ -182,13 +188,14 @@ def dense_tables(dense: dict[str, Any]) -> str:
                 *[_cell(list(_delta(group, b).values())) for b in budgets],
                 number(statistics.fmean(r["params"] for r in group)),
                 number(statistics.fmean(r["macs"] for r in group)),
+                _sparsity(group),
                 f"{statistics.fmean(r['latency_b1_ms'] for r in group):.2f}",
                 f"{statistics.fmean(r['method_seconds'] for r in group):.1f}",
             ])  # fmt: skip
         base = dense_by_tasks.get(tasks, [])
         if base:
             body.insert(0, ["dense", "–", *["0.0"] * len(budgets),
-                            number(base[0]["params"]), number(base[0]["macs"]),
+                            number(base[0]["params"]), number(base[0]["macs"]), "–",
                             f"{statistics.fmean(r['latency_b1_ms'] for r in base):.2f}", "–"])  # fmt: skip
         out.append(
             f"#### Tasks {' + '.join(tasks)}, pruning ratio {ratio}\n\n" + table(header, body)

@@ -33,6 +33,7 @@ from adapters.torch_pruning import count_macs
 from benchmarks.cut_methods import CUT_METHODS, Context
 from benchmarks.data import TaskData, batches, load_data
 from benchmarks.dense import dense_scores, task_delta_m
+from benchmarks.dense_models import PAPER_DEEPLAB
 from benchmarks.dense_render import (
     PAPER_BUDGET,
     dense_headline,
@@ -46,7 +47,10 @@ from benchmarks.part import Part
 from benchmarks.training import pretrained
 from cut_plugin import mask_sparsity, select_tasks, train_tasks
 
-__all__ = ["PART", "DenseSuiteConfig", "run_dense_suite"]
+__all__ = ["DENSE_DATA", "PART", "DenseSuiteConfig", "data_settings", "run_dense_suite"]
+
+DENSE_DATA = ("scenes", "nyuv2", "cityscapes")
+"""The dense part's data: procedural scenes, or the real preprocessed folders."""
 
 TINY_DEEPLAB = {"width": 8, "head_width": 16, "strides": [1, 2, 2, 1], "dilations": [1, 1, 1, 2]}
 """The CPU suites' DeepLab: output stride 8, 8–64 backbone channels, 16-wide ASPP branches."""
@@ -76,7 +80,6 @@ class DenseSuiteConfig:
     eval_every: int = 50
     paper_budget: bool = False
     latency_repeats: int = 5
-    votes: int | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in CUT_METHODS]
@@ -226,6 +229,32 @@ def run_dense_suite(
                     bar.update(1)
     bar.close()
     return {"config": asdict(config), "dense": dense_rows, "rows": rows}
+
+
+def data_settings(data: str, root: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The dense part's settings for ``--data`` / ``--data-root``.
+
+    Real data gets the papers' model (:data:`benchmarks.dense_models.PAPER_DEEPLAB`,
+    a DeepLab ResNet-34) and, for Cityscapes (no normals), the seg + depth subset.
+    """
+    if data not in DENSE_DATA:
+        raise ValueError(f"--data must be one of {list(DENSE_DATA)}, got {data!r}")
+    if data == "scenes":
+        if root is not None:
+            raise ValueError("--data-root is for --data nyuv2 or cityscapes; scenes are generated")
+        return {}
+    if root is None:
+        raise ValueError(
+            f"--data {data} needs --data-root DIR (MTAN/LibMTL's preprocessed folders)"
+        )
+    settings: dict[str, Any] = {
+        "data": data,
+        "data_kwargs": {"root": os.fspath(root)},
+        "model_kwargs": dict(PAPER_DEEPLAB),
+    }
+    if data == "cityscapes":
+        settings["subsets"] = (("seg", "depth"),)
+    return settings
 
 
 PART = Part(

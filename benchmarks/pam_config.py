@@ -15,6 +15,7 @@ __all__ = ["PAM_GROUPINGS", "PAM_PRUNERS", "PAM_SPLITS", "PAMSuiteConfig"]
 PAM_SPLITS: tuple[str, ...] = ("class_split", "class_split5")
 PAM_PRUNERS: tuple[str, ...] = ("taylor", "magnitude")
 PAM_GROUPINGS: tuple[str, ...] = ("paper", "subsets")
+PAM_SUMMARIES: tuple[str, ...] = ("max", "map")
 
 
 def _check_tuple(name: str, values: Any, check: Callable[[str, Any], object]) -> None:
@@ -33,6 +34,11 @@ class PAMSuiteConfig:
     ``accuracy_tolerance`` is in points, per task; ``step_ratio`` the fraction
     of the remaining channels removed per pruning step; ``finetune_steps`` the
     joint retraining steps after each; ``retrain_steps`` those after merging.
+    ``seeds``: the whole table is measured once per seed (the run's ``--seed``
+    is added to each) and reported as mean ± sd. ``conv_summary``: PAM's conv
+    neuron, ``"max"`` or ``"map"`` (the official code's full map; α scale
+    differs, ``PAMMerger``). ``delete_groups``: after pruning, delete whole
+    groups (exclusive chains) while every task stays within the tolerance.
     """
 
     splits: tuple[str, ...] = ("class_split",)
@@ -59,6 +65,9 @@ class PAMSuiteConfig:
     lr: float = 1e-3
     threads: int | None = 1
     cache_dir: str = ".cache/cut-pam"
+    seeds: tuple[int, ...] = (0,)
+    conv_summary: str = "max"
+    delete_groups: bool = True
 
     def __post_init__(self) -> None:
         options = {"splits": PAM_SPLITS, "pruners": PAM_PRUNERS, "groupings": PAM_GROUPINGS}
@@ -82,6 +91,10 @@ class PAMSuiteConfig:
             check_int(name, getattr(self, name), low=0)
         if self.threads is not None:
             check_int("threads", self.threads)
+        _check_tuple("seeds", self.seeds, partial(check_int, low=0))
+        check_choice("conv_summary", self.conv_summary, PAM_SUMMARIES)
+        if not isinstance(self.delete_groups, bool):
+            raise TypeError(f"delete_groups must be a bool, got {self.delete_groups!r}")
         if not isinstance(self.cache_dir, str) or not self.cache_dir:
             raise TypeError(f"cache_dir must be a non-empty path string, got {self.cache_dir!r}")
 

@@ -10,7 +10,26 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METHOD_LABELS", "pam_summaries", "plot_pam", "render_pam"]
+from benchmarks.pam_stats import (
+    by_seed,
+    mean_sd,
+    method_runs,
+    metric_tables,
+    pam_comparisons,
+    pam_headline,
+    seed_of,
+    summary_entries,
+)
+
+__all__ = [
+    "METHOD_LABELS",
+    "mean_sd",
+    "pam_comparisons",
+    "pam_headline",
+    "pam_summaries",
+    "plot_pam",
+    "render_pam",
+]
 
 METHOD_LABELS: dict[str, str] = {
     "no-merge": "no merging",
@@ -45,29 +64,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _tables(metrics: dict[str, Any]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """``(summary entry, its rows)`` per split × pruner, in run order."""
-    return [
-        (entry, [r for r in metrics["rows"]
-                 if r["split"] == entry["split"] and r["pruner"] == entry["pruner"]])
-        for entry in metrics["summary"]
-    ]  # fmt: skip
-
-
-def _runs(metrics: dict[str, Any], entry: dict[str, Any], method: str) -> list[dict[str, Any]]:
-    return [
-        r
-        for r in metrics["runs"]
-        if r["split"] == entry["split"] and r["pruner"] == entry["pruner"] and r["method"] == method
-    ]
-
-
-def _pam_ratios(entry: dict[str, Any]) -> str:
-    parts = [
-        f"{_label(name.split('/')[0])} / {_label(name.split('/')[1])} = {value:.2f}×"
-        for name, value in entry["ratios"].items()
-    ]
-    return "; ".join(parts)
+def _spread(values: list[float], digits: int = 2, suffix: str = "×") -> str:
+    mean, sd = mean_sd(values)
+    return f"{mean:.{digits}f}{suffix}" + ("" if sd is None else f" ± {sd:.{digits}f}")
 
 
 def _setting(setting: dict[str, Any]) -> str:
@@ -99,69 +98,124 @@ def _merge_note(merges: dict[str, Any]) -> str:
 def _render_one(metrics: dict[str, Any], entry: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     methods = list(entry["total_macs"])
     tasks = entry["tasks"]
-    single = metrics["single_task_accuracy"][entry["split"]]
+    split, pruner = entry["split"], entry["pruner"]
+    entries = summary_entries(metrics, split, pruner)
+    seeds = [seed_of(e) for e in entries]
+    singles = [by_seed(metrics["single_task_accuracy"][split], s) for s in seeds]
     config = metrics["config"]
     reference = ", ".join(
-        f"{_short(t)} {100 * single['test'][t]:.1f} % (validation {100 * single['validation'][t]:.1f} %)"
+        f"{_short(t)} {_spread([100 * x['test'][t] for x in singles], 1, ' %')} "
+        f"(validation {_spread([100 * x['validation'][t] for x in singles], 1, ' %')})"
         for t in tasks
     )
     intro = (
-        f"#### {len(tasks)} tasks (`{entry['split']}`), {entry['pruner']} pruner\n\n"
+        f"#### {len(tasks)} tasks (`{split}`), {pruner} pruner, seeds {seeds}\n\n"
         f"Single-task LeNet-5, test accuracy: {reference}. Pruned in steps of "
         f"{100 * config['step_ratio']:.0f} % of the remaining channels, fine-tuned "
         f"{config['finetune_steps']} steps after each; kept: the last model with every task's "
         f"validation accuracy at most {config['accuracy_tolerance']:g} point(s) below its "
-        f"single-task network's (stopped after {config['patience']} misses in a row). "
-        f"{_merge_note(metrics['merges'][entry['split']])}"
+        f"single-task network's (stopped after {config['patience']} misses in a row)"
+        + ("; then whole groups deleted while that held" if config.get("delete_groups") else "")
+        + f". {_merge_note(by_seed(metrics['merges'][split], seeds[0]))}"
+        + (f" (seed {seeds[0]})" if len(seeds) > 1 else "")
     )
-    missed = {m for m in methods if not entry["meets_tolerance"][m]}
-    cells: dict[tuple[str, ...], dict[str, str]] = {}
+    missed = {m for m in methods if not all(e["meets_tolerance"][m] for e in entries)}
+    pams = [m for m in methods if m.startswith("pam-")]
+    cells: dict[tuple[str, ...], dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
-        mean = sum(row["accuracy"].values()) / len(row["accuracy"])
-        mark = "†" if row["method"] in missed else ""
-        cells.setdefault(tuple(row["tasks"]), {})[row["method"]] = (
-            f"{100 * mean:.1f} % / {_macs(row['macs'])}{mark}"
-        )
-    body = [[_combination(c), *(v.get(m, "–") for m in methods)] for c, v in cells.items()]
-    body.append(["**total MACs**", *(f"**{_macs(entry['total_macs'][m])}**" for m in methods)])
-    body.append(
-        ["total MACs before pruning", *(_macs(entry["unpruned_total_macs"][m]) for m in methods)]
-    )
+        cells.setdefault(tuple(row["tasks"]), {}).setdefault(row["method"], []).append(row)
+    ratio_columns = [(o, p) for p in pams for o in ("no-merge", "mtz") if o in methods]
+    body = []
+    for combination, by_method in cells.items():
+        line = [_combination(combination)]
+        for m in methods:
+            found = by_method.get(m, [])
+            if not found:
+                line.append("–")
+                continue
+            accuracy = [100 * sum(r["accuracy"].values()) / len(r["accuracy"]) for r in found]
+            macs = mean_sd([float(r["macs"]) for r in found])[0]
+            mark = "†" if m in missed else ""
+            line.append(f"{mean_sd(accuracy)[0]:.1f} % / {_macs(macs)}{mark}")
+        for other, pam in ratio_columns:
+            mine = {seed_of(r): r["macs"] for r in by_method.get(pam, [])}
+            theirs = {seed_of(r): r["macs"] for r in by_method.get(other, [])}
+            values = [theirs[s] / mine[s] for s in mine if s in theirs]
+            line.append(_spread(values) if values else "–")
+        body.append(line)
+    totals = {m: [float(e["total_macs"][m]) for e in entries] for m in methods}
+    body.append([
+        "**total MACs**", *(f"**{_macs(mean_sd(totals[m])[0])}**" for m in methods),
+        *(f"**{_spread([e['ratios'][f'{o}/{p}'] for e in entries])}**" for o, p in ratio_columns),
+    ])  # fmt: skip
+    body.append([
+        "total MACs before pruning",
+        *(_macs(mean_sd([float(e["unpruned_total_macs"][m]) for e in entries])[0]) for m in methods),
+        *("" for _ in ratio_columns),
+    ])  # fmt: skip
     body.append([
         "pruning steps kept",
-        *("/".join(str(r["steps"]) for r in _runs(metrics, entry, m)) for m in methods),
+        *("/".join(str(r["steps"]) for r in method_runs(metrics, entry, m) if seed_of(r) == seeds[0])
+          for m in methods),
+        *("" for _ in ratio_columns),
     ])  # fmt: skip
-    parts = [intro, _table(["tasks", *(_label(m) for m in methods)], body)]
+    header = ["tasks", *(_label(m) for m in methods),
+              *(f"{_label(o)} / {_label(p)}" for o, p in ratio_columns)]  # fmt: skip
+    parts = [intro, _table(header, body)]
     notes = [
         "Cells: mean test accuracy of the combination's tasks / conv+linear MACs per sample "
-        "(no merging: the sum of the separately pruned networks)."
+        "(no merging: the sum of the separately pruned networks), means over seeds; ratio "
+        "columns: baseline MACs / PAM MACs, mean ± sd over seeds."
     ]
     if missed:
         notes.append("†: did not meet the tolerance even before pruning (reported unpruned).")
     for method, message in entry.get("failed", {}).items():
         notes.append(f"{_label(method)}: the merge failed ({message}).")
-    notes.append(f"Total-MAC ratios: {_pam_ratios(entry)} ({PAPER_RATIOS}).")
+    for c in pam_comparisons(metrics):
+        if (c["split"], c["pruner"]) != (split, pruner):
+            continue
+        caps = c["total"]["caps"]
+        cap = f" (cap {mean_sd(caps)[0]:.2f}×)" if caps else ""
+        gap = (
+            ""
+            if c["accuracy_gap"] is None
+            else f"; worst task {c['accuracy_gap']:+.2f} points below its single-task network"
+        )
+        notes.append(
+            f"{_label(c['baseline'])} / {_label(c['method'])}: best combination "
+            f"{_combination(c['best']['tasks'])} {_spread(c['best']['values'])}, total "
+            f"{_spread(c['total']['values'])}{cap}{gap}."
+        )
+    notes.append(
+        f"({PAPER_RATIOS}, per combination. A ratio of totals is capped when no combination is "
+        "cheaper than its costliest task's single pruned network: 4/3 for 2 equal tasks, "
+        "80/31 ≈ 2.58 for 5.)"
+    )
     return "\n\n".join([*parts, " ".join(notes)])
 
 
 def render_pam(metrics: dict[str, Any]) -> str:
     """Markdown: one table per split × pruner (rows: task combinations; cells: acc % / MACs)."""
-    tables = [_render_one(metrics, entry, rows) for entry, rows in _tables(metrics)]
+    tables = [_render_one(metrics, entry, rows) for entry, rows in metric_tables(metrics)]
     lines = "\n".join(f"- {line}" for line in pam_summaries(metrics))
     return "\n\n".join([*tables, lines])
 
 
 def pam_summaries(metrics: dict[str, Any]) -> list[str]:
-    """One line per table: the method with the fewest total MACs, and by how much."""
+    """One line per table: the fewest total MACs (mean over seeds), the best combination, the cap."""
     lines = []
-    for entry, _ in _tables(metrics):
-        total, ratios = entry["total_macs"], entry["ratios"]
-        eligible = [m for m in total if entry["meets_tolerance"][m]] or list(total)
+    comparisons = pam_comparisons(metrics)
+    for entry, _ in metric_tables(metrics):
+        entries = summary_entries(metrics, entry["split"], entry["pruner"])
+        methods = list(entry["total_macs"])
+        total = {m: mean_sd([float(e["total_macs"][m]) for e in entries])[0] for m in methods}
+        meets = {m: all(e["meets_tolerance"][m] for e in entries) for m in methods}
+        eligible = [m for m in methods if meets[m]] or methods
         ranked = sorted(eligible, key=lambda m: total[m])
         best = ranked[0]
         line = (
-            f"PAM table ({len(entry['tasks'])} tasks, {entry['pruner']}): fewest total MACs: "
-            f"{_label(best)} {_macs(total[best])}"
+            f"PAM table ({len(entry['tasks'])} tasks, {entry['pruner']}, {len(entries)} seed(s)): "
+            f"fewest total MACs: {_label(best)} {_macs(total[best])}"
         )
         is_pam = best.startswith("pam-")
         rivals = [m for m in ranked if m.startswith("pam-") != is_pam]
@@ -171,18 +225,22 @@ def pam_summaries(metrics: dict[str, Any]) -> list[str]:
                 f", {total[rivals[0]] / total[best]:.2f}× fewer than the best {kind} "
                 f"({_label(rivals[0])})"
             )
-        excluded = [_label(m) for m in total if m not in eligible]
+        excluded = [_label(m) for m in methods if m not in eligible]
         if excluded:
             line += f" ({', '.join(excluded)} missed the tolerance)"
-        pam = next((m for m in total if m.startswith("pam-")), None)
-        if pam:
+        pam = next((m for m in methods if m.startswith("pam-")), "")
+        mine = [c for c in comparisons if (c["split"], c["pruner"], c["method"]) ==
+                (entry["split"], entry["pruner"], pam)]  # fmt: skip
+        if mine:
             line += f"; {_label(pam)}: " + ", ".join(
-                f"{_label(other)} / PAM = {ratios[f'{other}/{pam}']:.2f}×"
-                for other in ("no-merge", "mtz")
-                if f"{other}/{pam}" in ratios
+                f"{_label(c['baseline'])} / PAM best combination {_spread(c['best']['values'])}, "
+                f"total {_spread(c['total']['values'])}"
+                + (f" (cap {mean_sd(c['total']['caps'])[0]:.2f}×)" if c["total"]["caps"] else "")
+                for c in mine
             )
-        if "pam-subsets/pam-paper" in ratios:
-            line += f"; subsets / paper grouping = {ratios['pam-subsets/pam-paper']:.2f}×"
+        if "pam-subsets/pam-paper" in entry["ratios"]:
+            ratio = [e["ratios"]["pam-subsets/pam-paper"] for e in entries]
+            line += f"; subsets / paper grouping = {_spread(ratio)}"
         lines.append(line)
     return lines
 
@@ -194,7 +252,7 @@ def plot_pam(results: dict[str, Any], out_dir: Path, plt: Any) -> list[str]:
         return []
     written = []
     for split in dict.fromkeys(e["split"] for e in metrics["summary"]):
-        tables = [(e, rows) for e, rows in _tables(metrics) if e["split"] == split]
+        tables = [(e, rows) for e, rows in metric_tables(metrics) if e["split"] == split]
         combinations = list(dict.fromkeys(tuple(r["tasks"]) for r in tables[0][1]))
         width = min(16.0, max(6.0, 0.5 * len(combinations)))
         fig, axes = plt.subplots(len(tables), 1, figsize=(width, 3.6 * len(tables)), squeeze=False)
@@ -202,7 +260,11 @@ def plot_pam(results: dict[str, Any], out_dir: Path, plt: Any) -> list[str]:
             methods = list(entry["total_macs"])
             bar = 0.8 / len(methods)
             for index, method in enumerate(methods):
-                macs = {tuple(r["tasks"]): r["macs"] for r in rows if r["method"] == method}
+                found: dict[tuple[str, ...], list[float]] = {}
+                for r in rows:
+                    if r["method"] == method:
+                        found.setdefault(tuple(r["tasks"]), []).append(float(r["macs"]))
+                macs = {c: mean_sd(v)[0] for c, v in found.items()}  # mean over seeds
                 positions = [
                     i + (index - (len(methods) - 1) / 2) * bar for i in range(len(combinations))
                 ]

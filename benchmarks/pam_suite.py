@@ -37,6 +37,15 @@ Implementation notes (choices the paper leaves open):
 - ``pruned_groups="all"`` also prunes exclusive groups (no-merge prunes every
   layer); the paper's LeNet code prunes only the shared group (``"shared"``).
 - Two tasks: ``subsets`` grouping equals ``paper`` (subsets {A}, {B}, {A, B}).
+- Seeds: the table is measured once per entry of ``seeds`` (data split,
+  single networks, merge batch, fine-tuning order); the report gives mean ±
+  sd over seeds, per combination and for the totals, and ``headline``
+  entries (``pam.best_combination.*``, ``pam.total.*``) with the worst task's
+  accuracy gap and, for totals, the cap (``benchmarks.pam_stats``).
+- ``delete_groups``: Torch-Pruning keeps one channel per layer and group, so
+  once the loop stops the kept model's whole groups (exclusive chains first,
+  by MACs saved) are deleted while every task stays within the tolerance on
+  validation (``pam_plugin.delete_groups``, no fine-tuning after).
 - ``threads`` torch threads (1: LeNet-sized ops gain nothing from more and
   slow down badly on a shared machine); the setting is restored after.
 """
@@ -59,6 +68,7 @@ from benchmarks.data import IGNORE_INDEX, Split, TaskData, batches, load_data
 from benchmarks.needs import data_needs
 from benchmarks.pam_config import PAM_PRUNERS, PAM_SPLITS, PAMSuiteConfig
 from benchmarks.pam_render import pam_summaries, plot_pam, render_pam
+from benchmarks.pam_stats import pam_headline, summarize_table, total_cap
 from benchmarks.part import Part
 from benchmarks.training import evaluate, pretrained
 from pam_plugin import (
@@ -66,11 +76,12 @@ from pam_plugin import (
     MergedNetwork,
     build_merged,
     combination_costs,
+    delete_groups,
     network_cost,
     retrain,
 )
 
-__all__ = ["PAM_PRUNERS", "PAM_SPLITS", "PART", "PAMSuiteConfig", "run_pam_suite"]
+__all__ = ["PAM_PRUNERS", "PAM_SPLITS", "PART", "PAMSuiteConfig", "run_pam_suite", "total_cap"]
 
 
 def _task_loss(output: Tensor, target: Tensor) -> Tensor:
@@ -200,7 +211,8 @@ def _candidates(ctx: _Context) -> tuple[dict[str, dict[str, MergedNetwork]], dic
         plans[f"pam-{grouping}"] = []
         for scale in config.alpha_scales:
             alphas = {"alpha_conv": config.alpha_conv * scale, "alpha_fc": config.alpha_fc * scale}
-            merger = build({"merger": "pam", **alphas, "grouping": grouping})
+            merger = build({"merger": "pam", **alphas, "grouping": grouping,
+                            "summary": config.conv_summary})  # fmt: skip
             merge = partial(merger.merge, networks, example, ctx.merge_labels)
             plans[f"pam-{grouping}"].append((alphas, merge))
     merges: dict[str, dict] = {}
@@ -246,7 +258,16 @@ def _prune_until(
         current, misses = candidate, misses + 1
         if ctx.meets(accuracy):
             kept, kept_accuracy, steps, macs, misses = candidate, accuracy, step, candidate_macs, 0
+    deleted: list[dict[str, Any]] = []
+    if config.delete_groups and ctx.meets(kept_accuracy):
+        kept, deleted = delete_groups(
+            kept, example, accept=lambda m: ctx.meets(ctx.accuracy(m, ctx.validation))
+        )
+        if deleted:
+            kept_accuracy = ctx.accuracy(kept, ctx.validation)
+            macs = network_cost(kept, example[:1]).macs
     return kept, {
+        "deleted_groups": deleted,
         "steps": steps,
         "meets_tolerance": ctx.meets(kept_accuracy),
         "validation_accuracy": kept_accuracy,
@@ -262,34 +283,6 @@ def _costs(models: Mapping[str, MergedNetwork], example: Tensor) -> dict[frozens
     if list(models) == ["merged"]:
         return combination_costs(models["merged"], example)
     return combination_costs(dict(models), example)
-
-
-def _summary(
-    rows: list[dict[str, Any]], runs: list[dict[str, Any]], unpruned: Mapping[str, int],
-    methods: list[str], tasks: tuple[str, ...],
-) -> dict[str, Any]:  # fmt: skip
-    """Total MACs over all combinations per method, and the ratios the paper reports."""
-    total = {m: sum(r["macs"] for r in rows if r["method"] == m) for m in methods}
-    ratios: dict[str, float] = {}
-    for pam in (m for m in methods if m.startswith("pam-")):
-        for other in ("no-merge", "mtz"):
-            if other in total:
-                ratios[f"{other}/{pam}"] = total[other] / total[pam]
-    if "pam-paper" in total and "pam-subsets" in total:
-        ratios["pam-subsets/pam-paper"] = total["pam-subsets"] / total["pam-paper"]
-    return {
-        "tasks": list(tasks),
-        "total_macs": total,
-        "unpruned_total_macs": {m: unpruned[m] for m in methods},
-        "ratios": ratios,
-        "meets_tolerance": {m: all(r["meets_tolerance"] for r in runs if r["method"] == m)
-                            for m in methods},
-        "mean_test_accuracy": {
-            m: sum(a for r in runs if r["method"] == m for a in r["test_accuracy"].values())
-            / len(tasks)
-            for m in methods
-        },
-    }  # fmt: skip
 
 
 def _run_split(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> dict[str, Any]:
@@ -312,7 +305,7 @@ def _run_split(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> d
         model, record = _prune_until(ctx, candidates[method][name], pruner)
         pruned.setdefault((pruner, method), {})[name] = model
         unpruned_macs = network_cost(candidates[method][name], example).macs
-        runs.append({"split": key, "pruner": pruner, "method": method, "network": name,
+        runs.append({"split": key, "seed": seed, "pruner": pruner, "method": method, "network": name,
                      "unpruned_macs": unpruned_macs, **record})  # fmt: skip
     rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
@@ -324,15 +317,15 @@ def _run_split(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> d
             for combination, cost in _costs(pruned[(pruner, method)], example).items():
                 chosen = [t for t in tasks if t in combination]
                 table.append({
-                    "split": key, "pruner": pruner, "method": method,
+                    "split": key, "seed": seed, "pruner": pruner, "method": method,
                     "grouping": method[4:] if method.startswith("pam-") else None,
                     "tasks": chosen, "accuracy": {t: accuracy[t] for t in chosen},
                     "macs": cost.macs, "params": cost.params,
                 })  # fmt: skip
         rows += table
         mine = [r for r in runs if r["pruner"] == pruner]
-        entry = _summary(table, mine, unpruned, methods, tasks)
-        summary.append({"split": key, "pruner": pruner, **entry})
+        entry = summarize_table(table, mine, unpruned, methods, tasks)
+        summary.append({"split": key, "seed": seed, "pruner": pruner, **entry})
     return {"single": single, "merges": merges, "runs": runs, "rows": rows, "summary": summary}
 
 
@@ -341,27 +334,36 @@ def run_pam_suite(
 ) -> dict[str, Any]:
     """Run every split × pruner × method; a JSON-serialisable dict of measured results.
 
-    Keys: ``config``; ``single_task_accuracy`` ``{split: {"validation"|"test":
-    {task: accuracy}}}``; ``merges`` ``{split: {method: {"setting", "tried"}}}``
-    (the merging knob chosen); ``rows``, one per split × pruner × method × task
-    combination (``tasks``, test ``accuracy`` per task, ``macs``, ``params`` per
-    sample); ``runs``, one per pruned network (steps kept, accuracies, group
-    sizes, per-step history); ``summary``, one per split × pruner (total MACs
-    over all combinations, before and after pruning, and their ratios).
+    Keys: ``config``; ``seeds`` (each of ``config.seeds`` plus ``seed``);
+    ``single_task_accuracy`` ``{split: {seed: {"validation"|"test": {task:
+    accuracy}}}}``; ``merges`` ``{split: {seed: {method: {"setting",
+    "tried"}}}}`` (the merging knob chosen); ``rows``, one per split × seed ×
+    pruner × method × task combination (``tasks``, test ``accuracy`` per task,
+    ``macs``, ``params`` per sample); ``runs``, one per pruned network (steps
+    kept, accuracies, group sizes, deleted groups, per-step history);
+    ``summary``, one per split × seed × pruner (total MACs over all
+    combinations, before and after pruning, their ratios and caps, the best
+    combination's ratio). Seeds are JSON keys, so strings.
     """
     if not isinstance(config, PAMSuiteConfig):
         raise TypeError(f"config must be a PAMSuiteConfig, got {type(config).__name__}")
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    seeds = [seed + s for s in config.seeds]
     try:
-        parts = {key: _run_split(key, config, seed, progress) for key in config.splits}
+        parts = {
+            (key, s): _run_split(key, config, s, progress) for s in seeds for key in config.splits
+        }
     finally:
         torch.set_num_threads(threads)
     return {
         "config": asdict(config),
-        "single_task_accuracy": {k: p["single"] for k, p in parts.items()},
-        "merges": {k: p["merges"] for k, p in parts.items()},
+        "seeds": seeds,
+        "single_task_accuracy": {
+            k: {str(s): parts[(k, s)]["single"] for s in seeds} for k in config.splits
+        },
+        "merges": {k: {str(s): parts[(k, s)]["merges"] for s in seeds} for k in config.splits},
         "rows": [r for p in parts.values() for r in p["rows"]],
         "runs": [r for p in parts.values() for r in p["runs"]],
         "summary": [s for p in parts.values() for s in p["summary"]],
@@ -377,4 +379,5 @@ PART = Part(
     summary=pam_summaries,
     plots=lambda metrics, out, plt: plot_pam({"metrics": {"pam": metrics}}, out, plt),
     needs=lambda config: [need for key in config.splits for need in data_needs(key)],
+    headline=pam_headline,
 )

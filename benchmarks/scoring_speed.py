@@ -1,35 +1,59 @@
-"""Overhead of ``score_tasks`` against the plain loop it replaces, in time and peak memory.
+"""Time and peak memory of ``score_tasks`` against the plain loop, and of ``cut_masks`` against scoring.
 
-The baseline is what a user would write by hand: per batch one forward, then one
-backward per task (``torch.autograd.grad`` with the graph retained), nothing
-accumulated. ``score_tasks`` additionally validates, accumulates per-task
-scores and restores the model's state; the goal is a time ratio <= 1.15.
+The scoring baseline is what a user would write by hand: per batch one forward,
+then one backward per task (``torch.autograd.grad`` over every parameter, the
+graph retained but for the last task), nothing accumulated. ``score_tasks``
+additionally validates, accumulates per-task scores and restores the model's
+state. Issue 14's goals: time ratio <= 0.6 with peak memory <= 1.3× the loop's,
+the element scores exact.
+
+Probes (same run, interleaved) bound what an exact criterion can reach: the loop
+with gradients for the conv/linear weights only, the loop with gradients for the
+conv/linear *outputs* only (no weight gradient at all: what channel scores from
+activation gradients would cost), and the forward passes alone.
+
+``masks.time_ratio``: ``cut_masks`` (calibrated vote) over ``score_tasks`` on a
+ResNet-34-layout backbone (blocks 3, 4, 6, 3) with three ASPP-style heads,
+defined here (random inputs and dense targets: the timings do not depend on the
+values). Goal <= 0.25.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from benchmarks.data import batches, load_data
+from benchmarks.dense_models import build_deeplab
 from benchmarks.markdown import table
-from benchmarks.measure import peak_memory
+from benchmarks.measure import peak_memory, timed
 from benchmarks.models import build_model
 from benchmarks.needs import data_needs
 from benchmarks.part import Part
-from cut_plugin import score_tasks
+from cut_plugin import cut_masks, score_tasks
 
-__all__ = ["PART", "ScoringConfig", "render_scoring", "run_scoring_speed", "scoring_summaries"]
+__all__ = [
+    "PART",
+    "ScoringConfig",
+    "build_aspp_resnet",
+    "render_scoring",
+    "run_scoring_speed",
+    "scoring_headline",
+    "scoring_summaries",
+]
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """Model, data and repeats for the overhead measurement."""
+    """Model, data, threads and repeats for the scoring and the masks measurements."""
 
     model: str = "resnet18"
     model_kwargs: dict[str, Any] = field(
@@ -39,6 +63,45 @@ class ScoringConfig:
     batches: int = 10
     batch_size: int = 64
     repeats: int = 3
+    threads: int = 2
+    probes: bool = True
+    masks_width: int = 16
+    masks_blocks: tuple[int, ...] = (3, 4, 6, 3)
+    masks_head_width: int = 32
+    masks_input_size: int = 32
+    masks_batches: int = 2
+    masks_batch_size: int = 16
+    masks_ratio: float = 0.5
+    masks_repeats: int = 2
+
+
+ASPP_TASKS = {"seg": 8, "depth": 1, "normal": 3}
+
+
+def build_aspp_resnet(
+    *, width: int = 16, blocks: Sequence[int] = (3, 4, 6, 3), head_width: int = 32
+) -> nn.Module:
+    """The zoo's DeepLab (:func:`benchmarks.dense_models.build_deeplab`) in the ResNet-34 layout:
+    stride-2 stem, stages strided 1, 2, 1, 1 and dilated 1, 1, 2, 4, three ASPP heads (rates 1–4)."""
+    return build_deeplab(ASPP_TASKS, in_channels=3, width=width, blocks=blocks,
+                         head_width=head_width)  # fmt: skip
+
+
+def _aspp_data(config: ScoringConfig, seed: int) -> tuple[list, dict[str, Callable]]:
+    g = torch.Generator().manual_seed(seed)
+    size, n = config.masks_input_size, config.masks_batch_size
+    data = [
+        (
+            torch.randn(n, 3, size, size, generator=g),
+            {
+                "seg": torch.randint(0, ASPP_TASKS["seg"], (n, size, size), generator=g),
+                "depth": torch.randn(n, 1, size, size, generator=g),
+                "normal": torch.randn(n, 3, size, size, generator=g),
+            },
+        )
+        for _ in range(config.masks_batches)
+    ]
+    return data, {"seg": nn.CrossEntropyLoss(), "depth": nn.L1Loss(), "normal": nn.MSELoss()}
 
 
 def _plain_loop(model: nn.Module, data: list, losses: dict) -> None:
@@ -52,10 +115,51 @@ def _plain_loop(model: nn.Module, data: list, losses: dict) -> None:
             torch.autograd.grad(loss, params, retain_graph=i < len(tasks) - 1, allow_unused=True)
 
 
-def run_scoring_speed(
-    config: ScoringConfig, *, seed: int = 0, progress: bool = True
-) -> dict[str, Any]:
-    """Median time and peak memory of both, over ``repeats`` runs each, interleaved."""
+def _weights_only_loop(model: nn.Module, data: list, losses: dict) -> None:
+    """The plain loop, gradients for the conv/linear weights only (what element scores need)."""
+    params = [m.weight for m in model.modules() if isinstance(m, PRUNABLE)]
+    for inputs, targets in data:
+        outputs = model(inputs)
+        tasks = list(losses)
+        for i, task in enumerate(tasks):
+            loss = losses[task](outputs[task], targets[task])
+            torch.autograd.grad(loss, params, retain_graph=i < len(tasks) - 1, allow_unused=True)
+
+
+def _activations_only_loop(model: nn.Module, data: list, losses: dict) -> None:
+    """The plain loop, gradients for the conv/linear outputs only (no weight gradient at all)."""
+    for inputs, targets in data:
+        outputs_of: list[Tensor] = []
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, out, kept=outputs_of: kept.append(out))
+            for m in model.modules()
+            if isinstance(m, PRUNABLE)
+        ]
+        try:
+            outputs = model(inputs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        tasks = list(losses)
+        for i, task in enumerate(tasks):
+            loss = losses[task](outputs[task], targets[task])
+            torch.autograd.grad(
+                loss, outputs_of, retain_graph=i < len(tasks) - 1, allow_unused=True
+            )
+
+
+def _forward_only(model: nn.Module, data: list, losses: dict) -> None:
+    with torch.enable_grad():
+        for inputs, _ in data:
+            model(inputs)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def _measure_scoring(config: ScoringConfig, seed: int, progress: bool) -> dict[str, Any]:
     data = load_data(config.data, seed=seed)
     torch.manual_seed(seed)
     model = build_model(config.model, tasks=data.num_classes, **config.model_kwargs).eval()
@@ -64,60 +168,206 @@ def run_scoring_speed(
     )
     losses = data.losses()
     runs: dict[str, list[tuple[float, float]]] = {"score_tasks": [], "plain_loop": []}
+    probes: dict[str, Callable[[nn.Module, list, dict], None]] = {}
+    if config.probes:
+        probes = {
+            "weights_only": _weights_only_loop,
+            "activations_only": _activations_only_loop,
+            "forward_only": _forward_only,
+        }
+    for name in probes:
+        runs[name] = []
     for _ in tqdm(range(config.repeats), desc="scoring", unit="repeat", disable=not progress):
         runs["plain_loop"].append(peak_memory(lambda: _plain_loop(model, data_batches, losses)))
         runs["score_tasks"].append(
             peak_memory(lambda: score_tasks(model, data_batches, losses, progress=False))
         )
+        for name, probe in probes.items():
+            runs[name].append(peak_memory(lambda probe=probe: probe(model, data_batches, losses)))
     summary: dict[str, Any] = {"config": asdict(config), "tasks": list(losses)}
     for name, values in runs.items():
-        seconds = sorted(v[1] for v in values)
-        memory = sorted(v[0] for v in values)
         summary[name] = {
-            "seconds": seconds[len(seconds) // 2],
-            "peak_mib": memory[len(memory) // 2],
+            "seconds": _median([v[1] for v in values]),
+            "peak_mib": _median([v[0] for v in values]),
         }
-    summary["time_ratio"] = summary["score_tasks"]["seconds"] / summary["plain_loop"]["seconds"]
-    plain_memory = summary["plain_loop"]["peak_mib"]
+    loop = summary["plain_loop"]
+    summary["time_ratio"] = summary["score_tasks"]["seconds"] / loop["seconds"]
     summary["memory_ratio"] = (
-        summary["score_tasks"]["peak_mib"] / plain_memory if plain_memory > 0 else None
+        summary["score_tasks"]["peak_mib"] / loop["peak_mib"] if loop["peak_mib"] > 0 else None
     )
+    summary["probe_ratios"] = {name: summary[name]["seconds"] / loop["seconds"] for name in probes}
+    return summary
+
+
+def _measure_masks(config: ScoringConfig, seed: int, progress: bool) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model = build_aspp_resnet(
+        width=config.masks_width, blocks=config.masks_blocks, head_width=config.masks_head_width
+    ).eval()
+    data, losses = _aspp_data(config, seed)
+    score_seconds, mask_seconds = [], []
+    for _ in tqdm(range(config.masks_repeats), desc="masks", unit="repeat", disable=not progress):
+        scores, seconds = timed(lambda: score_tasks(model, data, losses, progress=False))
+        score_seconds.append(seconds)
+        _, seconds = timed(
+            lambda scores=scores: cut_masks(model, scores, pruning_ratio=config.masks_ratio)
+        )
+        mask_seconds.append(seconds)
+    score_time, mask_time = _median(score_seconds), _median(mask_seconds)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "tasks": list(losses),
+        "score_tasks_seconds": score_time,
+        "cut_masks_seconds": mask_time,
+        "time_ratio": mask_time / score_time,
+    }
+
+
+def run_scoring_speed(
+    config: ScoringConfig, *, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
+    """Median time and peak memory over ``repeats`` interleaved runs; the masks-to-scoring ratio."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        summary = _measure_scoring(config, seed, progress)
+        summary["masks"] = _measure_masks(config, seed, progress)
+    finally:
+        torch.set_num_threads(previous)
     return summary
 
 
 def render_scoring(scoring: dict[str, Any]) -> str:
-    """Markdown: time and peak memory of the plain loop and of ``score_tasks``, and their ratio."""
+    """Markdown: time and peak memory of the plain loop, ``score_tasks`` and the probes; masks."""
     s, p = scoring["score_tasks"], scoring["plain_loop"]
     memory = scoring.get("memory_ratio")
-    return table(
-        ["", "time (s)", "peak RSS growth (MiB)"],
+    rows = [
         [
-            [
-                "plain loop (1 forward + 1 backward per task)",
-                f"{p['seconds']:.2f}",
-                f"{p['peak_mib']:.1f}",
-            ],
-            ["`score_tasks`", f"{s['seconds']:.2f}", f"{s['peak_mib']:.1f}"],
-            ["ratio", f"{scoring['time_ratio']:.2f}", f"{memory:.2f}" if memory else "–"],
+            "plain loop (1 forward + 1 backward per task)",
+            f"{p['seconds']:.2f}",
+            f"{p['peak_mib']:.1f}",
+            "1.00",
         ],
-    )
+        [
+            "`score_tasks`",
+            f"{s['seconds']:.2f}",
+            f"{s['peak_mib']:.1f}",
+            f"{scoring['time_ratio']:.2f} (memory {memory:.2f})"
+            if memory
+            else f"{scoring['time_ratio']:.2f}",
+        ],
+    ]
+    labels = {
+        "weights_only": "probe: loop, conv/linear weight gradients only",
+        "activations_only": "probe: loop, conv/linear output gradients only",
+        "forward_only": "probe: forwards only",
+    }
+    for name, ratio in scoring.get("probe_ratios", {}).items():
+        probe = scoring[name]
+        rows.append(
+            [labels[name], f"{probe['seconds']:.2f}", f"{probe['peak_mib']:.1f}", f"{ratio:.2f}"]
+        )
+    text = table(["", "time (s)", "peak RSS growth (MiB)", "time ÷ loop"], rows)
+    masks = scoring.get("masks")
+    if masks:
+        text += "\n\n" + table(
+            [
+                "ResNet-34 layout + 3 ASPP heads",
+                "params",
+                "score_tasks (s)",
+                "cut_masks (s)",
+                "ratio",
+            ],
+            [
+                [
+                    "calibrated vote",
+                    f"{masks['params']:,}",
+                    f"{masks['score_tasks_seconds']:.2f}",
+                    f"{masks['cut_masks_seconds']:.2f}",
+                    f"{masks['time_ratio']:.2f}",
+                ]
+            ],
+        )
+    return text
 
 
 def scoring_summaries(scoring: dict[str, Any]) -> list[str]:
-    """One line: the time (and memory) ratio of ``score_tasks`` to the plain loop."""
+    """The time (and memory) ratio of ``score_tasks`` to the plain loop; cut_masks to scoring."""
     memory = scoring.get("memory_ratio")
-    return [
+    lines = [
         f"score_tasks vs plain loop: time ×{scoring['time_ratio']:.2f}"
         + (f", peak memory ×{memory:.2f}" if memory else "")
     ]
+    if scoring.get("masks"):
+        lines.append(f"cut_masks vs score_tasks: time ×{scoring['masks']['time_ratio']:.2f}")
+    return lines
+
+
+def scoring_headline(scoring: dict[str, Any]) -> list[dict[str, Any]]:
+    """``scoring.time_ratio``, ``scoring.memory_ratio`` and ``masks.time_ratio`` (BENCHMARKS.md)."""
+    config = scoring["config"]
+    setting = {
+        "model": config["model"],
+        "model_kwargs": config["model_kwargs"],
+        "data": config["data"],
+        "tasks": scoring["tasks"],
+        "batches": config["batches"],
+        "batch_size": config["batch_size"],
+        "threads": config["threads"],
+        "baseline": "1 forward + T autograd.grad over all parameters",
+    }
+    entries = [
+        {
+            "id": "scoring.time_ratio",
+            "setting": setting,
+            "value": scoring["time_ratio"],
+            "unit": "× plain loop time",
+            "goal": "<= 0.6",
+        }
+    ]
+    if scoring.get("memory_ratio") is not None:
+        entries.append(
+            {
+                "id": "scoring.memory_ratio",
+                "setting": setting,
+                "value": scoring["memory_ratio"],
+                "unit": "× plain loop peak RSS growth",
+                "goal": "<= 1.3",
+            }
+        )
+    masks = scoring.get("masks")
+    if masks:
+        entries.append(
+            {
+                "id": "masks.time_ratio",
+                "setting": {
+                    "model": "resnet34-layout + 3 ASPP heads",
+                    "width": config["masks_width"],
+                    "blocks": list(config["masks_blocks"]),
+                    "head_width": config["masks_head_width"],
+                    "params": masks["params"],
+                    "input_size": config["masks_input_size"],
+                    "batches": config["masks_batches"],
+                    "batch_size": config["masks_batch_size"],
+                    "pruning_ratio": config["masks_ratio"],
+                    "rule": "vote (calibrated)",
+                    "threads": config["threads"],
+                },
+                "value": masks["time_ratio"],
+                "unit": "× score_tasks time",
+                "goal": "<= 0.25",
+            }
+        )
+    return entries
 
 
 PART = Part(
     name="scoring",
-    title="Overhead of `score_tasks`",
+    title="Time and memory of `score_tasks` and `cut_masks`",
     config=ScoringConfig,
     run=run_scoring_speed,
     render=render_scoring,
     summary=scoring_summaries,
     needs=lambda config: data_needs(config.data),
+    headline=scoring_headline,
 )

@@ -55,9 +55,19 @@ class Suite:
     description: str
     parts: Mapping[str, Mapping[str, Any]]
 
-    def configs(self) -> dict[str, Any]:
-        """``{part: config}``, every setting validated by the part's config."""
-        return {name: PARTS[name].configure(settings) for name, settings in self.parts.items()}
+    def configs(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """``{part: config}``, every setting validated by the part's config.
+
+        ``overrides``: ``{part: settings}`` replacing the suite's settings of that part key by key.
+        """
+        extra = dict(overrides or {})
+        unknown = [p for p in extra if p not in self.parts]
+        if unknown:
+            raise ValueError(f"overrides name part(s) {unknown} that the suite does not have")
+        return {
+            name: PARTS[name].configure({**settings, **extra.get(name, {})})
+            for name, settings in self.parts.items()
+        }
 
 
 def load_suites(path: str | Path = SUITES_FILE) -> dict[str, Suite]:
@@ -142,6 +152,7 @@ def run_suite(
     out: str | Path | None = None,
     resume: bool = False,
     skip_missing: bool = False,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run suite ``name``; return ``{"run_info", "metrics", "meta_info", "headline"}``.
 
@@ -153,6 +164,10 @@ def run_suite(
     raises goes into ``run_info.failed_parts``; the others still run. On
     ``KeyboardInterrupt`` the finished parts are written (``status:
     "interrupted"``) and the interrupt goes on.
+
+    ``overrides``: ``{part: settings}`` replacing the suite's settings key by key
+    (e.g. the dense part's data, from ``--data nyuv2 --data-root DIR``); they are
+    part of each part's version, so ``resume`` reruns a part whose settings changed.
 
     ``device``: only ``"cpu"`` today (the protocol's latencies are CPU latencies);
     ``"cuda"`` is refused with an error rather than silently measured on the CPU.
@@ -169,7 +184,7 @@ def run_suite(
         raise ValueError("resume=True needs the output folder of the run to continue (out=...)")
     suite = SUITES[name]
     chosen = _chosen_parts(name, suite, parts)
-    every = suite.configs()  # every part's settings checked before the first one runs
+    every = suite.configs(overrides)  # every part's settings checked before the first one runs
     configs = {part: every[part] for part in chosen}
     versions = {p: part_version(configs[p], seed=seed, device=device) for p in chosen}
     kept, rerun = kept_parts(previous_run(out), versions) if resume else ({}, {})
@@ -194,6 +209,7 @@ def run_suite(
         "part_seconds": {p: kept[p]["seconds"] for p in kept},
         "part_versions": {p: versions[p] for p in kept},
         "failed_parts": {},
+        "overrides": {p: dict(v) for p, v in (overrides or {}).items()},
         "skipped_parts": skipped,
         "kept_parts": list(kept),
     }

@@ -14,6 +14,10 @@ Implementation notes:
   bisection so that the achieved sparsity over the selected tasks' prunable
   weights is S (within 1 %); ``calibrate=False`` gives the literal rule.
 - Ties in a ranking are broken by position, so counts are exact.
+- The calibration sorts each task's scores once and searches the keep fraction on
+  one per-weight threshold (``cut_plugin.fusion.fuse_blocks``); it used to re-count
+  every task's verdict on every weight at each bisection step. The masks are the same
+  (``tests/test_masks_speed.py`` checks them against a port of the old kernel).
 """
 
 from __future__ import annotations

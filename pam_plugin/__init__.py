@@ -11,16 +11,18 @@ network jointly. Pruning with Torch-Pruning lives in ``adapters``
 from pam_plugin.architecture import Architecture, Space
 from pam_plugin.construction import build_merged
 from pam_plugin.costs import Cost, combination_costs, network_cost
+from pam_plugin.deletion import delete_groups, group_deletions
 from pam_plugin.grouping import SHARED, GroupKey, Neuron, relevance_groups
 from pam_plugin.information import label_entropy, mutual_information
 from pam_plugin.merged import MergedNetwork
 from pam_plugin.mtz import MTZMerger, zip_costs
-from pam_plugin.pam import PAMMerger
-from pam_plugin.search import irrelevant_set
+from pam_plugin.pam import PAM_PRESETS, PAMMerger
+from pam_plugin.search import irrelevant_path, irrelevant_set
 from pam_plugin.tracing import parse_architecture
 from pam_plugin.training import retrain
 
 __all__ = [
+    "PAM_PRESETS",
     "SHARED",
     "Architecture",
     "Cost",
@@ -32,6 +34,9 @@ __all__ = [
     "Space",
     "build_merged",
     "combination_costs",
+    "delete_groups",
+    "group_deletions",
+    "irrelevant_path",
     "irrelevant_set",
     "label_entropy",
     "mutual_information",

@@ -1,8 +1,14 @@
 """Activations of a traced network on shared inputs, per channel space (PAM step 1).
 
-PAM measures each neuron by its value after the activation: a conv channel is
-reduced to one value per sample by a global spatial max (as the authors' code),
-a linear feature is taken as is. A space written at several points (a ResNet
+PAM measures each neuron by its value after the activation; a linear feature
+is taken as is, a conv channel is summarised per sample by ``summary``:
+
+- ``"max"``: its global spatial max, one value (what the authors' code
+  intends; its guard ``len(x[0]) == 4`` never holds, so it never runs);
+- ``"map"``: its whole flattened ``H·W`` map (what the authors' code really
+  measures). Squared distances then add up over ``H·W`` positions, so MI
+  values, and the α that selects a given set, are on a much larger scale
+  (the official α: 0.2/0.15 for LeNet-5, 7/6 and 8.13/8.6 for VGG-16). A space written at several points (a ResNet
 stage: the stem and every block's addition) is measured at each of its
 activations; the values are stacked on a last axis, so a neuron is a
 ``k``-vector per sample and its squared distances add up over the ``k``
@@ -15,6 +21,7 @@ measured at its layers' outputs.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import torch
 from torch import Tensor, fx
@@ -22,7 +29,10 @@ from torch import Tensor, fx
 from cut_plugin.vocabulary import model_device_dtype
 from pam_plugin.architecture import Architecture
 
-__all__ = ["channel_values", "record_activations", "run_with_taps"]
+__all__ = ["SUMMARIES", "Summary", "channel_values", "record_activations", "run_with_taps"]
+
+Summary = Literal["max", "map"]
+SUMMARIES: tuple[Summary, ...] = ("max", "map")
 
 
 class _TappedInterpreter(fx.Interpreter):
@@ -60,13 +70,19 @@ def run_with_taps(
             _TappedInterpreter(graph_module, taps).run(batch)
 
 
-def channel_values(value: Tensor, factor: int) -> Tensor:
-    """One value per channel and sample: ``(b, C·factor, *spatial)`` → ``(b, C)`` by a max over the rest."""
+def channel_values(value: Tensor, factor: int, summary: Summary = "max") -> Tensor:
+    """Per channel and sample: ``(b, C·factor, *spatial)`` → ``(b, C, m)``.
+
+    ``summary="max"``: ``m = 1``, the max over the rest; ``"map"``: the rest
+    flattened (``m = factor·H·W``, 1 for a plain linear feature).
+    """
     if value.dim() > 2:
-        return value.flatten(2).amax(dim=2)
-    if factor > 1:
-        return value.reshape(value.shape[0], -1, factor).amax(dim=2)
-    return value
+        rest = value.flatten(2)
+    else:
+        rest = value.reshape(value.shape[0], -1, max(1, factor))
+    if summary == "map":
+        return rest
+    return rest.amax(dim=2, keepdim=True)
 
 
 def _floating(value: Tensor) -> Tensor:
@@ -80,11 +96,13 @@ def record_activations(
     *,
     batch_size: int = 128,
     network: str = "network",
+    summary: Summary = "max",
 ) -> dict[int, Tensor]:
     """``{hidden space index: (B, d, k) float tensor}`` of post-activation channel values.
 
     ``inputs``: ``(B, ...)``; ``k`` is the number of points where the space is
-    measured (1 except in residual stages). Raises ``ValueError`` naming the
+    measured (1 except in residual stages) times the values per point
+    (``summary="map"``: a conv channel's ``H·W``). Raises ``ValueError`` naming the
     network and layer when a value is NaN or infinite.
     """
     points: dict[str, int] = {}
@@ -95,13 +113,15 @@ def record_activations(
 
     def tap(node: str) -> Callable[[Tensor], None]:
         factor = architecture.factor(node)
-        return lambda value: chunks[node].append(_floating(channel_values(value, factor)).cpu())
+        return lambda value: chunks[node].append(
+            _floating(channel_values(value, factor, summary)).cpu()
+        )
 
     run_with_taps(graph_module, inputs, {node: tap(node) for node in points}, batch_size=batch_size)
     result: dict[int, Tensor] = {}
     for space in architecture.hidden_spaces:
         nodes = space.recorders or space.producers
-        values = torch.stack([torch.cat(chunks[node]) for node in nodes], dim=2)
+        values = torch.cat([torch.cat(chunks[node]) for node in nodes], dim=2)
         if not torch.isfinite(values).all():
             raise ValueError(
                 f"activations of network {network!r} after layer {space.name!r} are NaN or infinite; "

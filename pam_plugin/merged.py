@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 
 from pam_plugin.architecture import StepKind, layer_width
@@ -69,6 +70,24 @@ class GroupLayer(nn.Module):
         if result is None:
             raise RuntimeError(f"none of the groups {list(self.parts)} this layer reads is present")
         return result
+
+    def drop_parts(self, groups: set[str]) -> int:
+        """Delete the parts reading ``groups`` (the bias moves to a kept part); parts left."""
+        bias: Tensor | None = None
+        for group in [g for g in self.parts if g in groups]:
+            removed = getattr(self.parts[group], "bias", None)
+            if isinstance(removed, Tensor):
+                bias = removed
+            del self.parts[group]
+        if bias is not None and len(self.parts):
+            first = next(iter(self.parts.values()))
+            kept = getattr(first, "bias", None)
+            if isinstance(kept, Tensor):
+                with torch.no_grad():
+                    kept.add_(bias)
+            else:
+                first.register_parameter("bias", nn.Parameter(bias.detach().clone()))
+        return len(self.parts)
 
     @property
     def width(self) -> int:
@@ -222,14 +241,41 @@ class MergedNetwork(nn.Module):
         result._drop_unused_groups()
         return result
 
-    def _drop_unused_groups(self) -> None:
-        """Delete the modules of groups no task output depends on (read from the current modules).
+    def without_group(self, layer: str, group: str) -> MergedNetwork:
+        """A copy without the group ``group`` of ``layer`` (a module name), and what only it fed.
 
-        A group can be unused when no group of the next layer may read it (an
-        exclusive group before a layer with only a shared group), or once
-        ``for_tasks`` removed its readers. Torch-Pruning does not trace such
-        branches, and they would cost computation for nothing.
+        The layers reading it lose those inputs (their bias is kept); groups
+        left with nothing to read, and groups no output needs any more (an
+        exclusive chain's upstream part), go too. Tasks outside the group's
+        tasks compute exactly what they did. Raises ``ValueError`` for an
+        output layer, an unknown group, or when a task would lose its output.
         """
+        node = self._node_of(layer)
+        if node is None or node not in self.layer_names:
+            raise ValueError(
+                f"no merged conv/linear layer is named {layer!r}; the layers are "
+                f"{list(self.layer_names.values())}"
+            )
+        if node in self.output_layer_nodes:
+            raise ValueError(f"{layer!r} writes the task outputs; its groups cannot be deleted")
+        modules = self._node_modules(node)
+        if group not in modules:
+            raise ValueError(
+                f"layer {layer!r} has no group {group!r}; its groups are {list(modules)}"
+            )
+        result = copy.deepcopy(self)
+        del result._node_modules(node)[group]
+        result._drop_unused_groups()
+        final = result._present()[result.output_node]
+        lost = [t for t in result.tasks if result.outputs[t] not in final]
+        if lost:
+            raise ValueError(
+                f"deleting group {group!r} of layer {layer!r} leaves task(s) {lost} no output"
+            )
+        return result
+
+    def _present(self) -> dict[str, set[str]]:
+        """``{node: groups it outputs}``, read from the current modules."""
         present: dict[str, set[str]] = {self.input_node: {SHARED}}
         for step in self.plan:
             if step.kind in ("layer", "module"):
@@ -238,8 +284,43 @@ class MergedNetwork(nn.Module):
                 present[step.node] = set(present[step.inputs[0]])
             else:
                 present[step.node] = present[step.inputs[0]] | present[step.inputs[1]]
+        return present
+
+    def _drop_unreadable(self) -> None:
+        """Delete parts reading an absent group (bias moved), groups left with no input."""
+        present: dict[str, set[str]] = {self.input_node: {SHARED}}
+        for step in self.plan:
+            source = present[step.inputs[0]]
+            if step.kind == "layer":
+                modules = self._node_modules(step.node)
+                for group in list(modules.keys()):
+                    layer = cast(GroupLayer, modules[group])
+                    if not layer.drop_parts(set(layer.parts.keys()) - source):
+                        del modules[group]
+                present[step.node] = set(modules.keys())
+            elif step.kind == "module":
+                modules = self._node_modules(step.node)
+                for group in list(modules.keys()):
+                    if group not in source:
+                        del modules[group]
+                present[step.node] = set(modules.keys())
+            elif step.kind == "function":
+                present[step.node] = set(source)
+            else:
+                present[step.node] = source | present[step.inputs[1]]
+
+    def _drop_unused_groups(self) -> None:
+        """Delete the modules of groups no task output depends on (read from the current modules).
+
+        A group can be unused when no group of the next layer may read it (an
+        exclusive group before a layer with only a shared group), or once
+        ``for_tasks`` or ``without_group`` removed its readers. Torch-Pruning
+        does not trace such branches, and they would cost computation for nothing.
+        """
+        self._drop_unreadable()
+        present = self._present()
         live: dict[str, set[str]] = {node: set() for node in present}
-        live[self.output_node] |= {self.outputs[t] for t in self.tasks}
+        live[self.output_node] |= {self.outputs[t] for t in self.tasks} & present[self.output_node]
         for step in reversed(self.plan):
             used = live[step.node]
             if step.kind == "layer":

@@ -37,7 +37,7 @@ from pam_plugin.information import (
     squared_distances,
 )
 
-__all__ = ["irrelevant_set"]
+__all__ = ["irrelevant_path", "irrelevant_set"]
 
 MAX_MEMORY = 512 * 2**20
 """Default byte budget for the per-neuron kernels of one layer."""
@@ -55,6 +55,8 @@ def irrelevant_set(
 ) -> list[int]:
     """The greedy irrelevant set of one task, as neuron indices in the order they were added.
 
+    ``irrelevant_path`` gives the same indices with ``I(Z_S; Y)`` after each addition.
+
     Args:
         features: ``(B, n)`` or ``(B, n, k)``: ``n`` neurons measured on ``B`` samples.
         labels: the task's class indices ``(B,)`` or multi-label 0/1 ``(B, L)``.
@@ -63,8 +65,29 @@ def irrelevant_set(
         max_memory: bytes for the kept per-neuron kernels (``n·B²`` values).
         dtype: the computation's float type.
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
-        raise TypeError(f"alpha must be a finite float, got {alpha!r}")
+    return irrelevant_path(
+        features, labels, alpha=alpha, sigma2=sigma2, incremental=incremental,
+        max_memory=max_memory, dtype=dtype,
+    )[0]  # fmt: skip
+
+
+def irrelevant_path(
+    features: Tensor,
+    labels: Tensor,
+    *,
+    alpha: float,
+    sigma2: float = SIGMA2,
+    incremental: bool = True,
+    max_memory: int = MAX_MEMORY,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[list[int], list[float]]:
+    """``irrelevant_set``'s indices and, per addition, ``I(Z_S; Y)`` of the set so far.
+
+    The order does not depend on ``alpha`` (only where it stops), so the set
+    for any smaller α is the prefix whose running maximum of scores stays <= α.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or math.isnan(alpha):
+        raise TypeError(f"alpha must be a float, got {alpha!r}")
     if not isinstance(features, Tensor) or features.dim() not in (2, 3):
         raise TypeError("features must be a (B, n) or (B, n, k) Tensor")
     sigma2 = check_sigma2(sigma2)
@@ -84,7 +107,7 @@ def _neuron_kernels(values: Tensor, start: int, stop: int, sigma2: float) -> Ten
 
 def _incremental(
     values: Tensor, structure: LabelStructure, alpha: float, sigma2: float, max_memory: int
-) -> list[int]:
+) -> tuple[list[int], list[float]]:
     num_samples, num_neurons, depth = values.shape
     bytes_per_neuron = num_samples * num_samples * values.element_size() * max(2, depth)
     chunk = max(1, min(num_neurons, max_memory // max(1, 4 * bytes_per_neuron)))
@@ -99,6 +122,7 @@ def _incremental(
     masks = structure.masks.to(values.dtype)  # (L, B, B)
     set_distances = torch.zeros(num_samples, num_samples, dtype=values.dtype)
     chosen: list[int] = []
+    path: list[float] = []
     taken = torch.zeros(num_neurons, dtype=torch.bool)
     while len(chosen) < num_neurons:
         set_kernel = torch.exp(set_distances / (-2.0 * sigma2))
@@ -115,13 +139,17 @@ def _incremental(
         if not scores[best] <= alpha:
             break
         chosen.append(best)
+        path.append(float(scores[best]))
         taken[best] = True
         set_distances += squared_distances(values[:, best, :])
-    return chosen
+    return chosen, path
 
 
-def _naive(values: Tensor, structure: LabelStructure, alpha: float, sigma2: float) -> list[int]:
+def _naive(
+    values: Tensor, structure: LabelStructure, alpha: float, sigma2: float
+) -> tuple[list[int], list[float]]:
     chosen: list[int] = []
+    path: list[float] = []
     remaining = list(range(values.shape[1]))
     while remaining:
         best, best_score = -1, math.inf
@@ -133,5 +161,6 @@ def _naive(values: Tensor, structure: LabelStructure, alpha: float, sigma2: floa
         if not best_score <= alpha:
             break
         chosen.append(best)
+        path.append(best_score)
         remaining.remove(best)
-    return chosen
+    return chosen, path

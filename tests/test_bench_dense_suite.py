@@ -112,3 +112,26 @@ def test_scenes_are_learnable_but_not_saturated():
     majority = torch.bincount(target.flatten()).max().item() / target.numel()
     assert scores["pixel_acc"] > majority + 0.02
     assert scores["miou"] < 0.9
+
+
+def test_real_data_settings_and_cli_errors(tmp_path, capsys):
+    from benchmarks.__main__ import main
+    from benchmarks.dense_models import PAPER_DEEPLAB
+    from benchmarks.dense_suite import data_settings
+    from benchmarks.suites import SUITES
+
+    settings = data_settings("cityscapes", tmp_path)
+    assert settings["data"] == "cityscapes" and settings["subsets"] == (("seg", "depth"),)
+    assert settings["model_kwargs"] == PAPER_DEEPLAB
+    config = SUITES["dense"].configs({"dense": data_settings("nyuv2", tmp_path)})["dense"]
+    assert config.data == "nyuv2" and config.data_kwargs == {"root": str(tmp_path)}
+    assert data_settings("scenes", None) == {}
+    with pytest.raises(ValueError, match="needs --data-root"):
+        data_settings("nyuv2", None)
+    with pytest.raises(SystemExit):
+        main(["run", "--suite", "dense", "--data", "scenes", "--data-root", str(tmp_path)])
+    assert "--data-root is for" in capsys.readouterr().err
+    # a missing data root stops before anything runs (exit 2), naming the folder
+    assert main(["run", "--suite", "dense", "--data", "nyuv2", "--data-root", str(tmp_path / "no"),
+                 "--out", str(tmp_path / "out")]) == 2  # fmt: skip
+    assert "NYUv2" in capsys.readouterr().err

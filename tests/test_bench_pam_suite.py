@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.pam_render import pam_summaries, plot_pam, render_pam
-from benchmarks.pam_suite import PAMSuiteConfig, run_pam_suite
+from benchmarks.pam_render import pam_headline, pam_summaries, plot_pam, render_pam
+from benchmarks.pam_suite import PART, PAMSuiteConfig, run_pam_suite, total_cap
 
 TASKS = ["classes_01234", "classes_56789"]
 COMBINATIONS = [[TASKS[0]], [TASKS[1]], TASKS]
@@ -29,6 +31,7 @@ TINY: dict[str, Any] = {
     "max_pruning_steps": 2,
     "importance_batches": 1,
     "accuracy_tolerance": 100.0,
+    "delete_groups": False,  # tolerance 100 would accept deleting every group it can
 }
 
 
@@ -70,7 +73,7 @@ def test_pruning_changed_every_network(two_runs: tuple[dict, dict]) -> None:
 
 
 def test_failed_merge_is_relaxed_and_reported(two_runs: tuple[dict, dict]) -> None:
-    merges = two_runs[0]["merges"]["class_split"]
+    merges = two_runs[0]["merges"]["class_split"]["0"]
     for method in ("pam-paper", "pam-subsets"):
         failed, chosen = merges[method]["tried"]
         assert "keep no neuron" in failed["error"]
@@ -132,7 +135,8 @@ def test_render_has_every_combination_row_and_one_summary_per_table(
 
 
 def test_five_tasks_give_every_combination(tmp_path: Path) -> None:
-    options = {**TINY, "pruners": ("magnitude",), "groupings": ("subsets",), "max_pruning_steps": 1}
+    options = {**TINY, "pruners": ("magnitude",), "groupings": ("subsets",), "max_pruning_steps": 1,
+               "delete_groups": True}  # fmt: skip
     config = PAMSuiteConfig(**options, splits=("class_split5",), cache_dir=str(tmp_path))
     result = run_pam_suite(config, progress=False)
     tasks = ["classes_01", "classes_23", "classes_45", "classes_67", "classes_89"]
@@ -142,8 +146,13 @@ def test_five_tasks_give_every_combination(tmp_path: Path) -> None:
         assert len({tuple(r["tasks"]) for r in rows}) == 31
     text = render_pam(result)
     assert "| 01 + 23 + 45 + 67 + 89 |" in text
-    assert sum(line.startswith("| ") and " / " in line for line in text.splitlines()) == 31
+    assert sum(line.startswith("| ") and " % / " in line for line in text.splitlines()) == 31
     assert len(tasks) == len(result["summary"][0]["tasks"])
+    # tolerance 100: group deletion removes whatever it can; every task still has an output
+    merged = [r for r in result["runs"] if r["method"] != "no-merge"]
+    assert any(r["deleted_groups"] for r in merged if r["method"].startswith("pam-"))
+    assert all(r["macs"] < r["history"][-1]["macs"] for r in merged if r["deleted_groups"])
+    assert all(r["deleted_groups"] == [] for r in result["runs"] if r["method"] == "no-merge")
 
 
 BAD_CONFIGS: list[tuple[str, Any, type[Exception]]] = [
@@ -166,6 +175,10 @@ BAD_CONFIGS: list[tuple[str, Any, type[Exception]]] = [
     ("merge_samples", 1, ValueError),
     ("threads", 0, ValueError),
     ("cache_dir", "", TypeError),
+    ("seeds", (), TypeError),
+    ("seeds", (0, 0), ValueError),
+    ("conv_summary", "mean", ValueError),
+    ("delete_groups", 1, TypeError),
 ]
 
 
@@ -180,3 +193,63 @@ def test_config_rejects_bad_values_naming_the_field(
 def test_run_rejects_a_config_that_is_not_one() -> None:
     with pytest.raises(TypeError, match="PAMSuiteConfig"):
         run_pam_suite({"splits": ("class_split",)})  # type: ignore[arg-type]
+
+
+def test_headline_has_the_four_claims_with_gap_and_cap(two_runs: tuple[dict, dict]) -> None:
+    result = two_runs[0]
+    entries = PART.headline(result)
+    ids = {e["id"] for e in entries}
+    assert ids == {
+        f"pam.{k}.vs_{b}" for k in ("best_combination", "total") for b in ("no_merge", "mtz")
+    }
+    assert len(entries) == 4 * len(TINY["pruners"]) * len(TINY["groupings"])
+    for entry in entries:
+        assert entry["seeds"] == 1 and entry["goal"] is None  # 2 tasks: reported as measured
+        assert entry["setting"]["tasks"] == 2 and isinstance(entry["accuracy_gap"], float)
+        assert ("cap" in entry) == entry["id"].startswith("pam.total.")
+    json.dumps(entries)
+    summary = result["summary"][0]
+    total = next(e for e in entries if e["id"] == "pam.total.vs_no_merge"
+                 and e["setting"]["pruner"] == summary["pruner"]
+                 and e["setting"]["grouping"] == "paper")  # fmt: skip
+    assert total["value"] == pytest.approx(summary["ratios"]["no-merge/pam-paper"], abs=1e-3)
+    assert "cap" in render_pam(result) and "best combination" in render_pam(result)
+
+
+def test_cap_of_equal_networks_is_4_3_and_80_31() -> None:
+    for n, cap in ((2, 4 / 3), (5, 80 / 31)):
+        tasks = [f"t{k}" for k in range(n)]
+        combos = [tuple(c) for k in range(1, n + 1) for c in itertools.combinations(tasks, k)]
+        macs = {("no-merge", c): 10 * len(c) for c in combos}
+        assert sum(macs.values()) / total_cap(macs, combos) == pytest.approx(cap)
+
+
+def test_seeds_give_mean_sd_and_ci(two_runs: tuple[dict, dict]) -> None:
+    """Two seeds faked from one run: the headline is their mean, with sd and a t-interval."""
+    one = copy.deepcopy(two_runs[0])
+    other = copy.deepcopy(one)
+    for key in ("rows", "runs", "summary"):
+        for item in other[key]:
+            item["seed"] = 1
+    for item in other["rows"]:
+        if item["method"] == "no-merge":
+            item["macs"] *= 2
+    for item in other["summary"]:
+        item["ratios"] = {
+            k: 2 * v if k.startswith("no-merge/") else v for k, v in item["ratios"].items()
+        }
+    both = {**one, "seeds": [0, 1]}
+    for key in ("rows", "runs", "summary"):
+        both[key] = one[key] + other[key]
+    for key in ("single_task_accuracy", "merges"):
+        both[key] = {s: {**v, "1": v["0"]} for s, v in one[key].items()}
+    first = {e["id"] + str(e["setting"]): e for e in pam_headline(one)}
+    for entry in pam_headline(both):
+        base = first[entry["id"] + str(entry["setting"])]
+        assert entry["seeds"] == 2 and entry["ci95"] is not None
+        if entry["baseline"] == "no-merge":
+            assert entry["value"] == pytest.approx(1.5 * base["value"], rel=1e-2)
+            assert entry["sd"] > 0
+        else:
+            assert entry["value"] == pytest.approx(base["value"], abs=1e-3)
+    assert "seeds [0, 1]" in render_pam(both)

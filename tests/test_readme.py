@@ -200,6 +200,7 @@ def adding_a_method() -> Namespace:
 
 
 FIXTURES: dict[str, Callable[[], Namespace]] = {
+    "Two commands": dict,  # the scenes example needs nothing
     "CUT with Torch-Pruning": digits,
     "PAM and MTZ": lenets,
     "NNI": seg_depth,

@@ -11,6 +11,10 @@ importance::
                           pruning_ratio=0.5, pruned_groups="shared")
 
 Task output layers are never pruned (their widths are the tasks' outputs).
+Torch-Pruning keeps at least one channel per layer and group; with
+``accept=`` :func:`prune_merged` then deletes whole groups (a layer's group,
+an exclusive chain) while ``accept(network)`` holds
+(:func:`pam_plugin.delete_groups`).
 The result is still a :class:`pam_plugin.MergedNetwork`: ``for_tasks`` reads
 its structure from the pruned modules.
 """
@@ -28,7 +32,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from cut_plugin.vocabulary import Loss
-from pam_plugin import MergedNetwork
+from pam_plugin import MergedNetwork, delete_groups
 
 __all__ = ["PRUNED_GROUPS", "prune_merged"]
 
@@ -75,6 +79,7 @@ def prune_merged(
     iterative_steps: int = 1,
     data: Iterable[tuple[Any, Mapping[str, Tensor]]] | None = None,
     losses: Mapping[str, Loss] | None = None,
+    accept: Callable[[MergedNetwork], bool] | None = None,
     **tp_kwargs: Any,
 ) -> MergedNetwork:
     """Return a pruned copy of ``merged`` (the argument is left untouched).
@@ -94,6 +99,11 @@ def prune_merged(
             are computed before every step (gradient importances such as
             Taylor need them). Without them a Taylor importance uses the
             ``.grad`` already on ``merged``'s parameters (run backward first).
+        accept: ``accept(network) -> bool``; when given, after the channel
+            pruning whole groups are deleted (largest MAC saving first) while it
+            holds, e.g. every task's validation accuracy within a tolerance.
+            Every group may be deleted, whatever ``pruned_groups`` says (a
+            channel pruner cannot remove a group's last channel).
         tp_kwargs: passed to ``tp.pruner.BasePruner`` (``global_pruning``,
             ``round_to``, ``max_pruning_ratio``, ...).
     """
@@ -124,6 +134,10 @@ def prune_merged(
         raise ValueError(f"iterative_steps must be an int >= 1, got {iterative_steps!r}")
     if (data is None) != (losses is None):
         raise ValueError("give data and losses together (the gradients need both), or neither")
+    if accept is not None and not callable(accept):
+        raise TypeError(
+            f"accept must be a callable (MergedNetwork) -> bool or None, got {accept!r}"
+        )
     if "ignored_layers" in tp_kwargs:
         raise TypeError(
             "ignored_layers is chosen by pruned_groups=...; prune_merged does not take it"
@@ -158,6 +172,8 @@ def prune_merged(
     if data is not None:
         model.zero_grad(set_to_none=True)
     model.train(was_training)
+    if accept is not None:
+        model, _ = delete_groups(model, inputs, accept=accept)
     return model
 
 
