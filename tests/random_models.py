@@ -1,14 +1,27 @@
 """Random multi-task architectures from a small grammar, for the property tests.
 
 trunk  := block+                      (on a (N, 3, 8, 8) input)
-block  := conv | residual | concat | depthwise | split
-conv   := Conv2d(k ∈ {1, 3}) [BatchNorm2d] ReLU (in place when the spec says so: h.relu_())
+block  := conv | residual | concat | depthwise            (SPECS: ReLU or h.relu_())
+        | view | attention | mha | split                  (also in ALL_SPECS)
+conv   := Conv2d(k ∈ {1, 3}) [BatchNorm2d] activation, in one of the forms users write
+          (ACTS: F.relu, h.relu_(), F.relu(h, inplace=True), nn.ReLU(inplace=True),
+          x.mul_(0.5) then ReLU, h.clamp_(max=6) then ReLU; in-place results not reassigned)
 residual := conv-BN-ReLU-conv-BN, added to its input, ReLU
 concat := two conv branches, concatenated on channels
 depthwise := depthwise 3×3 conv + BN + ReLU, then a 1×1 conv
+view   := a conv whose output is viewed by sizes read from layer attributes
+          (h.view(-1, self.conv.out_channels, ...)), activated in place, viewed back
+attention := 1×1 conv to 8 channels, tokens, + Hugging Face-style self-attention (2 heads of
+          4: query/key/value, num_attention_heads, attention_head_size, all_head_size read
+          by its forward), back to a map, 1×1 conv
+mha    := the same with nn.MultiheadAttention(8, 2) (protected by the library)
 split  := a conv whose output is torch.split by sizes read from layer attributes
-          (self.left.in_channels, ...), two convs, concatenated
-heads  := 1–4 heads, each pooled → 1–3 Linear layers, or a 1×1 conv + upsample (dense output)
+          (self.left.in_channels, ...) into equal halves, two convs, concatenated; once
+          pruning makes the halves uneven Torch-Pruning 1.6.1 mis-indexes the consumers,
+          which the library turns into a clear RuntimeError
+heads  := 1–4 heads in an nn.ModuleDict, each pooled → 1–3 Linear layers, or a 1×1 conv +
+          upsample (dense output); iterated in forward, or named explicitly
+          (``model.explicit = True``: select_tasks traces it)
 """
 
 from __future__ import annotations
@@ -29,21 +42,102 @@ class Spec:
     heads: tuple[tuple[str, int, int], ...]  # (kind "linear"/"dense", depth, classes)
     seed: int
     inplace: bool = False  # ConvBlock's ReLU in place (h.relu_(), result not reassigned)
+    act: str = "relu"  # ConvBlock's activation form (ACTS); inplace=True means "relu_"
+
+
+ACTS = ("relu", "relu_", "functional", "module", "mul_", "clamp_")
+ATTRIBUTE_SIZED = ("view", "attention", "split")  # forwards that read sizes from attributes
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel: int, bn: bool, inplace: bool = False) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int, bn: bool, inplace: bool = False, act: str = "relu"
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=not bn)
         self.bn = nn.BatchNorm2d(cout) if bn else nn.Identity()
-        self.inplace = inplace
+        self.act = "relu_" if inplace else act
+        self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.bn(self.conv(x))
-        if self.inplace:
+        act = self.act
+        if act == "relu_":
             h.relu_()
-            return h
-        return F.relu(h)
+        elif act == "functional":
+            F.relu(h, inplace=True)
+        elif act == "module":
+            self.relu(h)
+        elif act == "mul_":
+            h.mul_(0.5)
+            h = F.relu(h)
+        elif act == "clamp_":
+            h.clamp_(max=6)
+            h = F.relu(h)
+        else:
+            h = F.relu(h)
+        return h
+
+
+class ViewBlock(nn.Module):
+    """A view sized from a layer attribute: frozen by a trace, re-read by this forward."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        size = h.shape[2:]
+        flat = h.view(-1, self.conv.out_channels, size[0] * size[1])
+        flat.relu_()
+        return flat.view(-1, self.conv.out_channels, size[0], size[1])
+
+
+class HFSelfAttention(nn.Module):
+    """Hugging Face-style self-attention (BERT's names), head counts read by the forward."""
+
+    def __init__(self, width: int, heads: int = 2, size: int = 4) -> None:
+        super().__init__()
+        self.num_attention_heads = heads
+        self.attention_head_size = size
+        self.all_head_size = heads * size
+        self.query = nn.Linear(width, heads * size)
+        self.key = nn.Linear(width, heads * size)
+        self.value = nn.Linear(width, heads * size)
+        self.output = nn.Linear(heads * size, width)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        n, t, _ = tokens.shape
+        shape = (n, t, self.num_attention_heads, self.attention_head_size)
+        q, k, v = (
+            p(tokens).view(shape).transpose(1, 2) for p in (self.query, self.key, self.value)
+        )
+        weights = torch.softmax(q @ k.transpose(-1, -2) / self.attention_head_size**0.5, dim=-1)
+        return self.output((weights @ v).transpose(1, 2).reshape(n, t, self.all_head_size))
+
+
+class AttentionBlock(nn.Module):
+    """A 1×1 conv to 8 channels, self-attention over the positions with a residual, a 1×1 conv."""
+
+    def __init__(self, cin: int, cout: int, kind: str) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(cin, 8, 1)
+        self.attn: nn.Module = (
+            HFSelfAttention(8)
+            if kind == "attention"
+            else nn.MultiheadAttention(8, 2, batch_first=True)
+        )
+        self.out = nn.Conv2d(8, cout, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        tokens = h.flatten(2).transpose(1, 2)
+        if isinstance(self.attn, nn.MultiheadAttention):
+            tokens = tokens + self.attn(tokens, tokens, tokens, need_weights=False)[0]
+        else:
+            tokens = tokens + self.attn(tokens)
+        return F.relu(self.out(tokens.transpose(1, 2).reshape(h.shape)))
 
 
 class SplitBlock(nn.Module):
@@ -117,10 +211,17 @@ class RandomNet(nn.Module):
         channels = 3
         for kind, width, bn in spec.blocks:
             if kind == "conv":
-                blocks.append(ConvBlock(channels, width, 3, bn, spec.inplace))
+                blocks.append(ConvBlock(channels, width, 3, bn, spec.inplace, spec.act))
+                channels = width
+            elif kind == "view":
+                blocks.append(ViewBlock(channels, width))
+                channels = width
+            elif kind in ("attention", "mha"):
+                blocks.append(AttentionBlock(channels, width, kind))
                 channels = width
             elif kind == "split":
-                blocks.append(SplitBlock(channels, width))
+                blocks.append(SplitBlock(channels, width + width % 2))  # equal halves
+                width += width % 2
                 channels = width
             elif kind == "residual":
                 if channels == 3:
@@ -174,7 +275,28 @@ SPECS = st.builds(
     heads=st.lists(HEAD, min_size=1, max_size=4).map(tuple),
     seed=st.integers(0, 10_000),
     inplace=st.booleans(),
+)  # unchanged draws (test_monotone, test_global_pruning); ALL_SPECS draws every form
+# Every block kind; an attribute-sized, attention or split block is always drawn.
+ALL_BLOCK = st.tuples(
+    st.sampled_from(["conv", "residual", "concat", "depthwise", *ATTRIBUTE_SIZED, "mha"]),
+    st.integers(4, 12),
+    st.booleans(),
 )
+SPECIAL = st.tuples(st.sampled_from([*ATTRIBUTE_SIZED, "mha"]), st.integers(4, 12), st.booleans())
+ALL_SPECS = st.builds(
+    Spec,
+    blocks=st.tuples(st.lists(ALL_BLOCK, max_size=2), SPECIAL, st.lists(ALL_BLOCK, max_size=1)).map(
+        lambda parts: (*parts[0], parts[1], *parts[2])
+    ),
+    heads=st.lists(HEAD, min_size=1, max_size=3).map(tuple),
+    seed=st.integers(0, 10_000),
+    act=st.sampled_from(ACTS),
+)
+
+
+def kinds(spec: Spec) -> set[str]:
+    """The block kinds of ``spec``."""
+    return {kind for kind, _, _ in spec.blocks}
 
 
 def batches_for(model: RandomNet, count: int = 1, size: int = 4, seed: int = 0) -> list:

@@ -1,7 +1,9 @@
 """Attention under structured CUT pruning: whole heads removed, heads stay heads.
 
 Tiny BERT and ViT encoders are built offline from configs (no download); a
-hand-written ``nn.MultiheadAttention`` model checks the protected route.
+hand-written ``nn.MultiheadAttention`` model and a hand-written grouped-query
+attention check the protected routes; a tiny Llama config (random init) checks that
+grouped-query attention is detected in Hugging Face models.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import adapters.torch_pruning as atp
-from adapters.torch_pruning.attention import find_self_attention, kept_heads
+from adapters.torch_pruning.attention import (
+    find_grouped_query_attention,
+    find_self_attention,
+    kept_heads,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -205,3 +211,70 @@ def test_multihead_attention_ratio_zero_keeps_outputs() -> None:
     compact = _prune(model, x, 0.0, steps=2)
     for task, value in model(x).items():
         assert torch.allclose(compact(x)[task], value, atol=1e-5)
+
+
+class GQABlock(nn.Module):
+    """Grouped-query self-attention written as Llama does: 4 query heads, 2 key/value heads."""
+
+    def __init__(self, width: int = 32, heads: int = 4, kv_heads: int = 2) -> None:
+        super().__init__()
+        self.num_attention_heads, self.num_key_value_heads = heads, kv_heads
+        self.head_dim = width // heads
+        self.q_proj = nn.Linear(width, heads * self.head_dim)
+        self.k_proj = nn.Linear(width, kv_heads * self.head_dim)
+        self.v_proj = nn.Linear(width, kv_heads * self.head_dim)
+        self.o_proj = nn.Linear(heads * self.head_dim, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q, k, v = (
+            p(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v)
+        return self.o_proj(a.transpose(1, 2).reshape(b, t, -1))
+
+
+class GQANet(MHANet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = GQABlock()  # type: ignore[assignment]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        h = self.embed(x)
+        h = self.norm(h + self.attn(h))
+        h = (h + self.ffn(h)).mean(1)
+        return {name: head(h) for name, head in self.heads.items()}
+
+
+def test_grouped_query_attention_is_detected_in_llama() -> None:
+    config = transformers.LlamaConfig(
+        hidden_size=32, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+        intermediate_size=64, vocab_size=100, max_position_embeddings=32, head_dim=8,
+    )  # fmt: skip
+    model = transformers.LlamaModel(config)
+    found = find_grouped_query_attention(model)
+    assert [b.name for b in found] == ["layers.0.self_attn", "layers.1.self_attn"]
+    assert found[0].describe() == "4 query heads sharing 2 key/value heads of size 8"
+    assert find_self_attention(model) == []  # never pruned by (wrong) whole query heads
+    assert find_grouped_query_attention(bert(4)[0]) == []
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5])
+def test_grouped_query_attention_is_protected(ratio: float) -> None:
+    torch.manual_seed(0)
+    model, x = GQANet().eval(), torch.randn(BATCH, 6, 8)
+    with pytest.warns(UserWarning, match=r"grouped-query attention 'attn' \(4 query heads "):
+        compact = _prune(model, x, ratio, steps=2)
+    attn = compact.attn  # every head whole; the residual stream around it may shrink
+    widths = (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features)
+    assert widths == (32, 16, 16) and attn.o_proj.in_features == 32
+    out, ref = compact(x), model(x)
+    assert {t: v.shape for t, v in out.items()} == {"a": (BATCH, 3), "b": (BATCH, 2)}
+    if ratio == 0.0:
+        for task, value in ref.items():
+            torch.testing.assert_close(out[task], value, rtol=0, atol=1e-6)
+    else:
+        assert compact.ffn[0].out_features < 64  # the rest of the model was pruned

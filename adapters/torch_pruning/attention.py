@@ -12,7 +12,16 @@ it removes whole heads instead; the module's own head count must then follow.
   or with ``q_proj``/``k_proj``/``v_proj`` and ``num_attention_heads``/``head_dim``
   (ViT in transformers 5, Llama-style) where keys and values have as many heads as
   queries. :func:`sync_heads` updates the head count (and ``all_head_size``) after
-  each step. Grouped-query attention (fewer key/value heads) is not detected.
+  each step.
+- Grouped-query attention (GQA/MQA: fewer key/value heads than query heads, as in
+  Llama/Qwen/Mistral configs with ``num_key_value_heads < num_attention_heads``) is
+  detected (:func:`find_grouped_query_attention`: ``query``/``key``/``value`` or
+  ``q_proj``/``k_proj``/``v_proj`` with the key and value narrower than the query)
+  and protected with a warning: its heads stay as they are, the rest of the model
+  is pruned. Torch-Pruning 1.6.1 couples a query head to its key/value group only
+  in global head pruning, and its GQA index arithmetic there is wrong
+  (``head_pruning_indices_kv + kv_head_id * num_kv_heads``); left alone, its
+  channel pruning cuts the key/value heads independently of the query heads.
 - ``nn.MultiheadAttention`` is protected: its query/key/value width is its
   ``embed_dim``, which is also its input and output width, so Torch-Pruning 1.6.1
   can only shrink ``embed_dim`` (with the residual stream), which regroups the kept
@@ -24,6 +33,7 @@ Re-exported pieces are used by :class:`adapters.torch_pruning.CUTPruner`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +41,9 @@ from typing import Any
 from torch import nn
 
 __all__ = [
+    "GroupedQueryAttention",
     "SelfAttention",
+    "find_grouped_query_attention",
     "find_self_attention",
     "head_options",
     "kept_heads",
@@ -83,6 +95,58 @@ def _candidates(model: nn.Module) -> list[SelfAttention]:
     return found
 
 
+@dataclass(frozen=True)
+class GroupedQueryAttention:
+    """A self-attention whose key/value projections are narrower than its query's."""
+
+    name: str
+    module: nn.Module
+    projections: tuple[nn.Linear, nn.Linear, nn.Linear]  # query, key, value
+
+    @property
+    def head_size(self) -> int | None:
+        for attr in ("head_dim", "attention_head_size"):
+            size = getattr(self.module, attr, None)
+            if isinstance(size, int) and size > 0:
+                return size
+        heads = getattr(self.module, "num_attention_heads", None)
+        if isinstance(heads, int) and heads > 0:
+            return self.projections[0].out_features // heads
+        return None
+
+    def describe(self) -> str:
+        """``'4 query heads sharing 2 key/value heads of size 8'`` (widths when no head size)."""
+        query, key, _ = (p.out_features for p in self.projections)
+        size = self.head_size
+        if size is None or query % size or key % size:
+            return f"query width {query}, key/value width {key}"
+        return f"{query // size} query heads sharing {key // size} key/value heads of size {size}"
+
+
+def find_grouped_query_attention(model: nn.Module) -> list[GroupedQueryAttention]:
+    """Every grouped-query (or multi-query) self-attention of ``model``, in module order.
+
+    A module counts when it has query/key/value ``nn.Linear`` children (either naming
+    style of the module docstring) reading the same width, with key and value equally
+    wide, narrower than the query, and a whole fraction of it.
+    """
+    found = []
+    for name, m in model.named_modules():
+        for style in STYLES:
+            layers = [getattr(m, a, None) for a in style[:3]]
+            if not all(isinstance(p, nn.Linear) for p in layers):
+                continue
+            query, key, value = layers
+            if (
+                len({p.in_features for p in layers}) == 1  # type: ignore[union-attr]
+                and key.out_features == value.out_features < query.out_features  # type: ignore[union-attr]
+                and query.out_features % key.out_features == 0  # type: ignore[union-attr]
+            ):
+                found.append(GroupedQueryAttention(name, m, tuple(layers)))  # type: ignore[arg-type]
+                break
+    return found
+
+
 def find_self_attention(model: nn.Module) -> list[SelfAttention]:
     """Every Hugging Face-style self-attention module of ``model``, in module order.
 
@@ -120,19 +184,47 @@ def head_options(
 
 
 def protect_mha(pruner: Any) -> None:
-    """Add to ``pruner.ignored_layers`` every root whose group reaches an ``nn.MultiheadAttention``.
+    """Leave whole every group that would regroup heads of an attention Torch-Pruning cannot
+    prune by whole heads: ``nn.MultiheadAttention`` and grouped-query attention.
 
-    Torch-Pruning prunes ``nn.MultiheadAttention`` through its ``embed_dim``, shared
-    with the residual stream, and regroups the kept channels into heads; leaving
-    that group whole keeps every head as it is (see the module docstring).
+    Adds to ``pruner.ignored_layers`` every root whose group reaches an
+    ``nn.MultiheadAttention`` (Torch-Pruning prunes it through its ``embed_dim``,
+    shared with the residual stream, and regroups the kept channels into heads), and
+    every root whose group prunes a grouped-query attention's query/key/value outputs
+    or the inputs of its other layers (the output projection); the residual stream
+    into and out of such an attention is still pruned. Warns once per grouped-query
+    attention, naming it (see the module docstring).
     """
-    if not any(isinstance(m, nn.MultiheadAttention) for m in pruner.model.modules()):
+    gqa = find_grouped_query_attention(pruner.model)
+    has_mha = any(isinstance(m, nn.MultiheadAttention) for m in pruner.model.modules())
+    if not has_mha and not gqa:
         return
+    for block in gqa:
+        warnings.warn(
+            f"grouped-query attention {block.name or 'model'!r} ({block.describe()}) is left "
+            "unpruned: Torch-Pruning 1.6.1 cannot remove a key/value group together with its "
+            "query heads (its channel pruning would cut them independently); the rest of the "
+            "model is pruned",
+            UserWarning,
+            stacklevel=3,
+        )
     graph = pruner.DG
     ignored = pruner.ignored_layers
     roots = tuple(pruner.root_module_types)
+    projections = {id(p) for b in gqa for p in b.projections}
+    inner = {id(m) for b in gqa for m in b.module.modules() if isinstance(m, nn.Linear)}
+
+    def touches_gqa(dep: Any) -> bool:
+        module = dep.target.module
+        if graph.is_out_channel_pruning_fn(dep.handler):
+            return id(module) in projections
+        return id(module) in inner and id(module) not in projections
+
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=roots):
-        if not any(isinstance(dep.target.module, nn.MultiheadAttention) for dep, _ in group):
+        if not any(
+            isinstance(dep.target.module, nn.MultiheadAttention) or touches_gqa(dep)
+            for dep, _ in group
+        ):
             continue
         for dep, _ in group:
             module = dep.target.module
@@ -142,6 +234,9 @@ def protect_mha(pruner: Any) -> None:
     ignored.extend(
         m for m in pruner.model.modules()
         if isinstance(m, nn.MultiheadAttention) and all(m is not k for k in ignored)
+    )  # fmt: skip
+    ignored.extend(
+        p for b in gqa for p in b.projections if all(p is not k for k in ignored)
     )  # fmt: skip
 
 
@@ -178,6 +273,17 @@ def plan_head_step(pruner: Any, step: int) -> dict[nn.Module, int]:
     return targets
 
 
+def _whole_groups(block: SelfAttention) -> bool:
+    """The query is ``num_attention_heads`` heads and key/value its declared key/value heads."""
+    query, key, value = (p.out_features for p in block.projections)
+    heads, size = block.num_heads, block.head_size
+    kv = getattr(block.module, "num_key_value_heads", None)
+    groups = getattr(block.module, "num_key_value_groups", None)
+    if not isinstance(kv, int) and isinstance(groups, int) and groups > 0:
+        kv = heads // groups
+    return query == heads * size and isinstance(kv, int) and key == value == kv * size
+
+
 def sync_heads(model: nn.Module) -> None:
     """Set each self-attention's head count (and ``all_head_size``) from its pruned layers.
 
@@ -189,8 +295,11 @@ def sync_heads(model: nn.Module) -> None:
         RuntimeError: query, key and value widths disagree or are not a whole
             number of heads (a pruning that split a head).
     """
+    grouped = {id(b.module) for b in find_grouped_query_attention(model)}
     for block in _candidates(model):
         module, size, heads = block.module, block.head_size, block.num_heads
+        if id(module) in grouped and _whole_groups(block):
+            continue  # grouped-query attention, protected and whole
         widths = {p.out_features for p in block.projections}
         width = widths.pop()
         if not widths and width == heads * size:

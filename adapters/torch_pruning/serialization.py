@@ -14,6 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import fx, nn
 
+from adapters.torch_pruning.attention import sync_heads
 from cut_plugin import select_tasks
 from cut_plugin.checks import check_shapes, outputs_of
 from cut_plugin.record import PruningRecord, history_of, read_record, write_record
@@ -32,7 +33,11 @@ def pruning_history(model: nn.Module) -> list[tuple[str, bool, list[int]]]:
 
 
 def save_pruned(
-    model: nn.Module, path: str | os.PathLike[str], *, history: Sequence[Any] | None = None
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    history: Sequence[Any] | None = None,
+    example_inputs: Inputs | None = None,
 ) -> None:
     """Save a compact model portably: its :class:`cut_plugin.PruningRecord` and state dict.
 
@@ -42,6 +47,11 @@ def save_pruned(
     ``history`` defaults to what ``cut_prune``/``CUTPruner``/``prune_by_masks``/
     ``baseline_prune`` recorded on the model; pass ``pruner.pruning_history()`` for
     models pruned by other Torch-Pruning pruners.
+
+    With ``example_inputs`` the file also holds the shapes of those inputs and of the
+    model's outputs on them (``input_shapes``, ``output_shapes``: one forward in eval
+    mode); :func:`load_pruned` then checks the rebuilt model against them. Files
+    without them (older ones too) load as before.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -63,7 +73,16 @@ def save_pruned(
         # load_pruned rebuilds the same kind: the user's class, or a traced graph.
         "traced": isinstance(model, fx.GraphModule),
     }
+    if example_inputs is not None:
+        example = as_example_inputs(example_inputs, model)
+        outputs = outputs_of(model, example, record.task_names)
+        state["input_shapes"] = [_shape(x) for x in example]
+        state["output_shapes"] = {task: list(value.shape) for task, value in outputs.items()}
     torch.save(state, path)
+
+
+def _shape(value: Any) -> list[int] | None:
+    return list(value.shape) if isinstance(value, torch.Tensor) else None
 
 
 def _load(path: str | os.PathLike[str]) -> Any:
@@ -100,7 +119,25 @@ def _load(path: str | os.PathLike[str]) -> Any:
         ) from None
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[PruningRecord, dict[str, Any], bool | None]:
+Shapes = tuple[list[list[int] | None], dict[str, list[int]]] | None
+
+
+def _saved_shapes(state: dict[str, Any]) -> Shapes:
+    """``(input shapes, {task: output shape})`` written by ``save_pruned(example_inputs=...)``."""
+    if "output_shapes" not in state:
+        return None
+    inputs, outputs = state.get("input_shapes"), state["output_shapes"]
+    if not isinstance(inputs, list) or not isinstance(outputs, dict):
+        raise TypeError("input_shapes/output_shapes")
+    return (
+        [None if s is None else [int(d) for d in s] for s in inputs],
+        {str(t): [int(d) for d in s] for t, s in outputs.items()},
+    )
+
+
+def _read(
+    path: str | os.PathLike[str],
+) -> tuple[PruningRecord, dict[str, Any], bool | None, Shapes]:
     state = _load(path)
     if not isinstance(state, dict) or state.get("format") not in FORMATS:
         raise ValueError(
@@ -109,12 +146,12 @@ def _read(path: str | os.PathLike[str]) -> tuple[PruningRecord, dict[str, Any], 
     try:
         if state["format"] == FORMAT:
             record = PruningRecord.from_state(state["record"])
-            return record, state["state_dict"], state.get("traced")
+            return record, state["state_dict"], state.get("traced"), _saved_shapes(state)
         # v1: history, tasks and task names at the top level; no mode, masks or config.
         old = PruningRecord(
             tasks=state["tasks"], task_names=state.get("task_names"), history=state["history"]
         )
-        return PruningRecord.from_state(old.to_state()), state["state_dict"], True
+        return PruningRecord.from_state(old.to_state()), state["state_dict"], True, None
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(
             f"{os.fspath(path)!r} is an incomplete save_pruned file (missing or bad "
@@ -137,7 +174,10 @@ def load_pruned(
     ``weights_only=True``. Checked (``check=True``, one forward of the original and
     one of the result on ``example_inputs``): the result runs and returns the saved
     tasks with the original's output shapes (the pruners here never change a task's
-    output width; ``check=False`` for a model whose output layers were pruned).
+    output width; ``check=False`` for a model whose output layers were pruned). A
+    file saved with ``example_inputs`` also holds the saved model's output shapes:
+    the result must return exactly those (on inputs of the saved shapes, or of those
+    shapes with another batch size; other inputs skip this part).
 
     Raises:
         ValueError: the file is empty, truncated, text, a TorchScript archive or not
@@ -147,7 +187,7 @@ def load_pruned(
         raise TypeError(
             "model_factory must be a callable that builds the original model, e.g. lambda: Net()"
         )
-    record, state_dict, traced = _read(path)
+    record, state_dict, traced, saved = _read(path)
     model = model_factory()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model_factory() must return an nn.Module, got {type(model).__name__}")
@@ -165,6 +205,7 @@ def load_pruned(
             f"the saved pruning history does not fit the model model_factory() builds ({error}); "
             "pass the factory of the original architecture"
         ) from None
+    sync_heads(model)  # replayed head pruning: head counts follow the widths, as after a step
     if record.tasks is not None:
         # The kind that was saved: a traced graph (older files too), or the user's class.
         try:
@@ -201,4 +242,41 @@ def load_pruned(
             "from (all tasks, unpruned); load_pruned(..., check=False) skips this check",
             error_type=ValueError,
         )
+        expected = _expected_shapes(saved, example)
+        if expected is not None:
+            check_shapes(
+                "load_pruned",
+                model,
+                example,
+                expected,
+                fix=f"the rebuilt model does not compute what {os.fspath(path)!r} was saved "
+                "computing (save_pruned(..., example_inputs=...) stored its output shapes): "
+                "pass the factory of the original architecture and the file's own model; "
+                "load_pruned(..., check=False) skips this check",
+                error_type=ValueError,
+                task_names=record.task_names,
+            )
     return write_record(model, record)
+
+
+def _expected_shapes(saved: Shapes, example: tuple[Any, ...]) -> dict[str, torch.Size] | None:
+    """The saved output shapes for these inputs: as saved for the same input shapes; with
+    the batch size replaced when only the batch differs; ``None`` (nothing to check) else."""
+    if saved is None:
+        return None
+    inputs, outputs = saved
+    now = [_shape(x) for x in example]
+    if len(now) != len(inputs):
+        return None
+    if now == inputs:
+        return {task: torch.Size(shape) for task, shape in outputs.items()}
+    tensors = [(a, b) for a, b in zip(now, inputs, strict=True) if a is not None and b is not None]
+    if not tensors or any(a[1:] != b[1:] or len(a) != len(b) for a, b in tensors):
+        return None
+    before, after = {b[0] for _, b in tensors}, {a[0] for a, _ in tensors}
+    if len(before) != 1 or len(after) != 1:
+        return None
+    old_batch, new_batch = before.pop(), after.pop()
+    if any(not shape or shape[0] != old_batch for shape in outputs.values()):
+        return None  # an output without the batch dimension first: no shape to predict
+    return {task: torch.Size([new_batch, *shape[1:]]) for task, shape in outputs.items()}
