@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     readme.add_argument("results", type=Path)
     readme.add_argument("--readme", type=Path, default=Path("README.md"))
+    readme.add_argument(
+        "--section", default="results",
+        help="the README's generated section to replace (markers <!-- NAME:start/end -->)",
+    )  # fmt: skip
     return parser
 
 
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:6s} {suite.description}\n       parts: {', '.join(suite.parts)}")
         return 0
     if args.command == "readme":
-        update_readme(args.results, args.readme)
+        update_readme(args.results, args.readme, section=args.section)
         print(f"updated {args.readme} from {args.results}")
         return 0
     return _run(args, parser)

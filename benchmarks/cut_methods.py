@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from adapters.registry import build
 from benchmarks.data import TaskData, batches
 from cut_plugin import apply_masks, prunable_weights, read_record, score_tasks, select_tasks
 
-__all__ = ["CUT_METHODS", "Context", "Method", "global_masks"]
+__all__ = ["CUT_METHODS", "Context", "Method", "check_table", "global_masks"]
 
 
 @dataclass
@@ -174,3 +174,15 @@ variants are ``disparse-pretrained`` (per-task magnitude of the pre-trained
 weights, any-rule) and ``disparse-static-weight`` (SNIP — ``|w·∂L_t/∂w|`` — at a
 fresh initialisation, any-rule, then trained).
 """
+
+
+def check_table(methods: Sequence[str], ratios: Sequence[float], subsets: Sequence[Any]) -> None:
+    """A CUT table's methods are known, its ratios in (0, 1) and it has a task subset."""
+    unknown = [m for m in methods if m not in CUT_METHODS]
+    if unknown:
+        raise ValueError(f"methods has unknown {unknown}; choose from {sorted(CUT_METHODS)}")
+    for ratio in ratios:
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(f"ratios must be in (0, 1), got {ratio}")
+    if not subsets:
+        raise ValueError("subsets is empty: give at least one tuple of tasks")

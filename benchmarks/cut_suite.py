@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adapters.torch_pruning import count_macs
-from benchmarks.cut_methods import CUT_METHODS, Context
+from benchmarks.cut_methods import CUT_METHODS, Context, check_table
 from benchmarks.data import TaskData, batches, load_data
 from benchmarks.markdown import number, percent, table
 from benchmarks.measure import latency_ms, timed
@@ -55,14 +55,7 @@ class CUTSuiteConfig:
     latency_repeats: int = 15
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in CUT_METHODS]
-        if unknown:
-            raise ValueError(f"methods has unknown {unknown}; choose from {sorted(CUT_METHODS)}")
-        for ratio in self.ratios:
-            if not 0.0 < ratio < 1.0:
-                raise ValueError(f"ratios must be in (0, 1), got {ratio}")
-        if not self.subsets:
-            raise ValueError("subsets is empty: give at least one tuple of tasks")
+        check_table(self.methods, self.ratios, self.subsets)
 
 
 def _measure(model: nn.Module, ctx: Context) -> dict[str, float]:

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adapters.torch_pruning import count_macs
-from benchmarks.cut_methods import CUT_METHODS, Context
+from benchmarks.cut_methods import CUT_METHODS, Context, check_table
 from benchmarks.data import TaskData, batches, load_data
 from benchmarks.dense import dense_scores, task_delta_m
 from benchmarks.dense_models import PAPER_DEEPLAB
@@ -82,14 +82,9 @@ class DenseSuiteConfig:
     latency_repeats: int = 5
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in CUT_METHODS]
-        if unknown:
-            raise ValueError(f"methods has unknown {unknown}; choose from {sorted(CUT_METHODS)}")
-        for ratio in self.ratios:
-            if not 0.0 < ratio < 1.0:
-                raise ValueError(f"ratios must be in (0, 1), got {ratio}")
-        if not self.subsets or not self.seeds:
-            raise ValueError("subsets and seeds must each hold at least one entry")
+        check_table(self.methods, self.ratios, self.subsets)
+        if not self.seeds:
+            raise ValueError("seeds is empty: give at least one seed")
         if not self.budgets or any(
             isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.budgets.values()
         ):

@@ -211,9 +211,12 @@ def test_the_real_suites_needs_and_one_message(monkeypatch, tmp_path):
     quick = suites.SUITES["quick"].configs()
     missing = missing_needs(suites.suite_needs(quick, device="cuda"))
     assert {n.name for n in missing["edge"]} == {"onnx", "onnxruntime", "onnxscript", "cuda"}
-    assert {n.name for n in missing["cut"]} == {"mlxtend", "nni", "cuda"}
+    assert {n.name for n in missing["cut"]} == {"mlxtend", "cuda"}
+    assert {n.name for n in missing["dense"]} == {"cuda"}  # the scenes are generated
+    full = suites.SUITES["full"].configs()
+    assert "nni" in {n.name for n in missing_needs(suites.suite_needs(full))["dense"]}  # nni-l1
     message = missing_message(missing)
-    assert 'pip install "cut-pam[bench,edge,nni]"' in message
+    assert 'pip install "cut-pam[bench,edge]"' in message
     assert "edge: module onnxruntime" in message and "a CUDA device" in message
     assert "plots: module matplotlib" in message
     root = tmp_path / "fashion"

@@ -77,6 +77,13 @@ def test_results_and_report_structure(tiny_results, tmp_path):
     text = readme.read_text()
     assert "old" not in text and "| cut |" in text and text.endswith("after\n")
     assert render_report(stored).count("####") == 1
+    # a second, named section is filled on its own; the first one stays
+    readme.write_text(text + "<!-- dense:start -->\nold\n<!-- dense:end -->\n")
+    update_readme(tmp_path / "results.json", readme, section="dense")
+    both = readme.read_text()
+    assert both.count("| cut |") == 2 and "old" not in both and "--section dense" in both
+    with pytest.raises(ValueError, match="no <!-- other:start -->"):
+        update_readme(tmp_path / "results.json", readme, section="other")
 
 
 def test_cli_list_and_bad_suite(capsys):

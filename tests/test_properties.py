@@ -300,6 +300,9 @@ def test_all_forms_masked_equals_physical(spec, seed, keep):
     masked = apply_masks(model, atp.align_masks(model, masks, x[:1]))
     out_c, out_m = compact(x), masked(x)
     assert out_c.keys() == out_m.keys()
+    # the tolerance of the library's own check (cut_plugin.checks.check_outputs): atol scales
+    # with the largest output magnitude, since removed channels change the summation order
+    scale = max(1.0, max(float(v.abs().max()) for v in out_m.values()))
     for task in out_m:
-        torch.testing.assert_close(out_c[task], out_m[task], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out_c[task], out_m[task], atol=1e-5 * scale, rtol=1e-4)
     assert same_state(model, snapshot)
