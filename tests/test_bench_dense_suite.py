@@ -135,3 +135,20 @@ def test_real_data_settings_and_cli_errors(tmp_path, capsys):
     assert main(["run", "--suite", "dense", "--data", "nyuv2", "--data-root", str(tmp_path / "no"),
                  "--out", str(tmp_path / "out")]) == 2  # fmt: skip
     assert "NYUv2" in capsys.readouterr().err
+
+
+def test_the_suite_runs_on_real_format_folders(tmp_path):
+    """--data nyuv2 reads MTAN's .npy layout through the same part (a tiny model here)."""
+    from tests.test_dense import write_npy
+
+    write_npy(tmp_path / "nyu", "train", 24, 16, 16)
+    write_npy(tmp_path / "nyu", "val", 8, 16, 16)
+    config = DenseSuiteConfig(
+        data="nyuv2", data_kwargs={"root": str(tmp_path / "nyu"), "val_fraction": 0.25},
+        subsets=(("seg", "normal"),), methods=("cut", "cut-weight"), pretrain_epochs=1,
+        batch_size=8, score_batches=1, budgets={"short": 2}, eval_every=2, latency_repeats=1,
+    )  # fmt: skip
+    result = run_dense_suite(config, progress=False, cache_dir=tmp_path / "cache")
+    assert [r["method"] for r in result["rows"]] == ["cut", "cut-weight"]
+    assert set(result["dense"][0]["test"]) == {"seg", "normal"}
+    assert result["rows"][0]["budgets"]["short"]["test"]["seg"]["miou"] >= 0.0

@@ -128,16 +128,17 @@ def test_deeplab_errors_name_the_fix():
         build_model("deeplab", tasks={"seg": 3}, blocks=[1, 1], strides=[1, 2, 1, 1])
 
 
-def _write_npy(root, split: str, n: int) -> None:
+def write_npy(root, split: str, n: int, h: int = 8, w: int = 10) -> None:
+    """A tiny MTAN-layout NYUv2 split under ``root``."""
     rng = np.random.default_rng(1)
     for sub in ("image", "label", "depth", "normal"):
         (root / split / sub).mkdir(parents=True)
     for i in range(n):
-        np.save(root / split / "image" / f"{i}.npy", rng.random((8, 10, 3), dtype=np.float32))
-        label = rng.integers(-1, 13, (8, 10)).astype(np.float32)
+        np.save(root / split / "image" / f"{i}.npy", rng.random((h, w, 3), dtype=np.float32))
+        label = rng.integers(-1, 13, (h, w)).astype(np.float32)
         np.save(root / split / "label" / f"{i}.npy", label)
-        np.save(root / split / "depth" / f"{i}.npy", rng.random((8, 10, 1), dtype=np.float32))
-        normal = rng.standard_normal((8, 10, 3)).astype(np.float32)
+        np.save(root / split / "depth" / f"{i}.npy", rng.random((h, w, 1), dtype=np.float32))
+        normal = rng.standard_normal((h, w, 3)).astype(np.float32)
         np.save(
             root / split / "normal" / f"{i}.npy",
             normal / np.linalg.norm(normal, axis=-1, keepdims=True),
@@ -145,8 +146,8 @@ def _write_npy(root, split: str, n: int) -> None:
 
 
 def test_nyuv2_folder_becomes_train_val_test(tmp_path):
-    _write_npy(tmp_path, "train", 10)
-    _write_npy(tmp_path, "val", 3)
+    write_npy(tmp_path, "train", 10)
+    write_npy(tmp_path, "val", 3)
     data = load_data("nyuv2", root=tmp_path, val_fraction=0.2, seed=1)
     assert (len(data.train), len(data.val), len(data.test)) == (8, 2, 3)
     assert data.num_classes == {"seg": 13, "depth": 1, "normal": 3} and data.is_dense
