@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cut_plugin.checks import unwrap_model
+from cut_plugin.parallel import several_ranks
 from cut_plugin.state import scoring_state
 from cut_plugin.vocabulary import (
     Loss,
@@ -139,9 +140,9 @@ def _all_reduce(scores: TaskScores) -> None:
     in one process (the criteria are sums over batches). Keys are sorted so every
     rank reduces the same tensors in the same order.
     """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not several_ranks():
         return
+    dist = torch.distributed
     for task in sorted(scores):
         for name in sorted(scores[task]):
             dist.all_reduce(scores[task][name], op=dist.ReduceOp.SUM)

@@ -38,21 +38,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.algorithms.join import Join
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from cut_plugin.masks import apply_masks, check_masks
+from cut_plugin.parallel import DISTRIBUTED, Distributed, data_parallel, rank, use_data_parallel
 from cut_plugin.vocabulary import (
     Inputs,
     Loss,
-    as_task_outputs,
     check_batch,
     check_batches,
     check_int,
@@ -81,9 +79,6 @@ OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 """Builds a learning-rate schedule from the optimiser; it is stepped after every complete pass."""
 Batches = Iterable[Any] | Callable[[int], Iterable[Any]]
-Distributed = bool | Literal["auto"]
-"""``"auto"``: DDP when a process group of 2+ ranks is initialised; True: DDP (needs one); False: never."""
-DISTRIBUTED: tuple[Distributed, ...] = ("auto", True, False)
 
 
 @dataclass
@@ -200,12 +195,12 @@ def train_tasks(
         step_fn = optimizer(trainable)
     else:
         step_fn = torch.optim.Adam(trainable, lr=lr)  # type: ignore[arg-type]
-    parallel = _use_data_parallel(distributed)
+    parallel = use_data_parallel(distributed)
     schedule = scheduler(step_fn) if scheduler is not None else None
     modes = [(m, m.training) for m in model.modules()]
     modes += [(m, m.training) for m in teacher.modules()] if teacher is not None else []
     history = TrainingHistory()
-    bar = tqdm(total=steps, desc=desc, disable=not progress or _rank() > 0, leave=False)
+    bar = tqdm(total=steps, desc=desc, disable=not progress or rank() > 0, leave=False)
     net: nn.Module = model
     try:
         apply_masks(model, fixed, inplace=True)
@@ -271,66 +266,6 @@ def train_tasks(
         for module, mode in modes:
             module.training = mode
     return history
-
-
-class _TrainedOutputs(nn.Module):
-    """The model's outputs for the trained tasks only, as ``{task: Tensor}``.
-
-    DDP waits for a gradient of every parameter reachable from what the forward
-    returns: a head whose output no loss uses would stall it, so only the trained
-    tasks' outputs are returned (with ``find_unused_parameters`` for the rest).
-    """
-
-    def __init__(self, model: nn.Module, tasks: Sequence[str], task_names: Sequence[str] | None):
-        super().__init__()
-        self.model = model
-        self.tasks = list(tasks)
-        self.task_names = list(task_names) if task_names is not None else None
-
-    def forward(self, *inputs: Any) -> dict[str, Tensor]:
-        outputs = as_task_outputs(self.model(*inputs), self.task_names)
-        return {t: outputs[t] for t in self.tasks if t in outputs}
-
-
-def data_parallel(
-    model: nn.Module, tasks: Sequence[str], *, task_names: Sequence[str] | None = None
-) -> nn.Module:
-    """``model`` wrapped for data-parallel training of ``tasks`` (DDP over the default group).
-
-    Returns a ``DistributedDataParallel`` module whose forward gives the trained
-    tasks' outputs ``{task: Tensor}``; it shares ``model``'s parameters (training
-    it trains ``model``). Building it broadcasts rank 0's parameters and buffers
-    to every rank. ``find_unused_parameters=True``: a parameter no trained task
-    reaches in a step (a head of an untrained task, a task skipped by
-    ``ignore_index``) keeps its gradient as a single process would.
-    """
-    return DistributedDataParallel(
-        _TrainedOutputs(model, tasks, task_names), find_unused_parameters=True
-    )
-
-
-def _use_data_parallel(distributed: Any) -> bool:
-    """Whether ``distributed`` asks for DDP now; raises for a bad value or a missing group."""
-    if distributed not in DISTRIBUTED or not isinstance(distributed, bool | str):
-        raise ValueError(
-            f"distributed must be 'auto', True or False, got {distributed!r}: 'auto' trains "
-            "data-parallel when a torch.distributed process group is initialised"
-        )
-    initialised = dist.is_available() and dist.is_initialized()
-    if distributed is True and not initialised:
-        raise ValueError(
-            "distributed=True needs an initialised torch.distributed process group: call "
-            "torch.distributed.init_process_group (e.g. under torchrun) first, or pass "
-            "distributed='auto' or False"
-        )
-    if distributed == "auto":
-        return initialised and dist.get_world_size() > 1
-    return bool(distributed)
-
-
-def _rank() -> int:
-    """This process's rank in the default process group (0 without one)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _check_pass(epoch: int, seen: int, taken: int) -> None:

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor, fx
 
+from cut_plugin.parallel import several_ranks
 from cut_plugin.vocabulary import model_device_dtype
 from pam_plugin.architecture import Architecture
 
@@ -140,9 +141,9 @@ def gather_samples(value: Tensor) -> Tensor:
     have different sizes. Without ``torch.distributed`` (or with one rank) returns
     ``value`` unchanged.
     """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not several_ranks():
         return value
+    dist = torch.distributed
     shards: list[Tensor | None] = [None] * dist.get_world_size()
     dist.all_gather_object(shards, value.cpu())
     return torch.cat([shard for shard in shards if shard is not None]).to(value.device)
