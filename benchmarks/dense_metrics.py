@@ -222,9 +222,10 @@ class NormalMetric:
                 f"got pred {_shape(pred)} and target {_shape(target)}"
             )
         p, t = pred.double(), target.double()
-        t_norm = t.norm(dim=1)
+        # sqrt of the summed squares: torch's norm(dim=1) on (N, 3, H, W) is ~10x slower here
+        t_norm = (t * t).sum(dim=1).sqrt()
         valid = (t_norm > 0.5) & torch.isfinite(t_norm)
-        p_unit = p / p.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        p_unit = p / (p * p).sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
         t_unit = t / t_norm.unsqueeze(1).clamp_min(1e-12)
         cos = (p_unit * t_unit).sum(dim=1)[valid].clamp(-1.0, 1.0)
         self.angles.append(torch.rad2deg(torch.acos(cos)).float().cpu())

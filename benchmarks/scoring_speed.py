@@ -104,26 +104,26 @@ def _aspp_data(config: ScoringConfig, seed: int) -> tuple[list, dict[str, Callab
     return data, {"seg": nn.CrossEntropyLoss(), "depth": nn.L1Loss(), "normal": nn.MSELoss()}
 
 
-def _plain_loop(model: nn.Module, data: list, losses: dict) -> None:
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
+def _gradient_loop(model: nn.Module, data: list, losses: dict, params: list[Tensor]) -> None:
+    """1 forward + T backward per batch, the gradients of ``params`` only."""
     for inputs, targets in data:
         outputs = model(inputs)
         tasks = list(losses)
         for i, task in enumerate(tasks):
             loss = losses[task](outputs[task], targets[task])
             torch.autograd.grad(loss, params, retain_graph=i < len(tasks) - 1, allow_unused=True)
+
+
+def _plain_loop(model: nn.Module, data: list, losses: dict) -> None:
+    model.eval()
+    _gradient_loop(model, data, losses, [p for p in model.parameters() if p.requires_grad])
 
 
 def _weights_only_loop(model: nn.Module, data: list, losses: dict) -> None:
     """The plain loop, gradients for the conv/linear weights only (what element scores need)."""
-    params = [m.weight for m in model.modules() if isinstance(m, PRUNABLE)]
-    for inputs, targets in data:
-        outputs = model(inputs)
-        tasks = list(losses)
-        for i, task in enumerate(tasks):
-            loss = losses[task](outputs[task], targets[task])
-            torch.autograd.grad(loss, params, retain_graph=i < len(tasks) - 1, allow_unused=True)
+    _gradient_loop(
+        model, data, losses, [m.weight for m in model.modules() if isinstance(m, PRUNABLE)]
+    )
 
 
 def _activations_only_loop(model: nn.Module, data: list, losses: dict) -> None:
