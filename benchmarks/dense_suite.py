@@ -113,7 +113,10 @@ def _curve(
     lr: float,
     eval_every: int,
 ) -> dict[str, dict[str, Any]]:
-    """One Adam run; per budget the test metrics of the best-on-validation checkpoint so far."""
+    """One Adam run; per budget the test metrics of the best-on-validation checkpoint so far.
+
+    Key ``"0"``: the model before any step (its test metrics are read in the first check).
+    """
     data, tasks = ctx.data, ctx.tasks
     model = copy.deepcopy(pruned)
     val = data.val if data.val is not None else data.test
@@ -131,7 +134,7 @@ def _curve(
             best.update(step=step, val_delta_m=value, test=dense_scores(model, data, tasks=tasks))
 
     check(0)
-    points: dict[str, dict[str, Any]] = {}
+    points: dict[str, dict[str, Any]] = {"0": copy.deepcopy(best)}
     done = 0
     for mark in marks:
         train_tasks(model, stream, ctx.losses(), steps=mark - done, optimizer=optimizer,
@@ -208,8 +211,9 @@ def run_dense_suite(
                         paper = _curve(pruned, masks, ctx, dense_val,
                                        {"paper": PAPER_BUDGET["steps"]}, PAPER_BUDGET["lr"],
                                        config.eval_every)  # fmt: skip
+                        paper.pop("0")
                         curve.update(paper)
-                    before = dense_scores(pruned, data, tasks=tasks)
+                    before = curve.pop("0")["test"]
                     points = {"0": {"step": 0, **_point(data, before, dense_test, tasks)}}
                     for budget, chosen in curve.items():
                         points[budget] = {"step": chosen["step"], "val_delta_m": chosen["val_delta_m"],
