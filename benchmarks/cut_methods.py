@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from adapters.registry import build
+from adapters.torch_pruning import count_macs
 from benchmarks.data import TaskData, batches
 from cut_plugin import apply_masks, prunable_weights, read_record, score_tasks, select_tasks
 
@@ -67,14 +68,26 @@ class Context:
 Method = Callable[[Context], tuple[nn.Module, dict[str, torch.Tensor] | None]]
 
 
-def registered(name: str, *, framework: str, fresh: bool = False, **settings: Any) -> Method:
+def layer_macs(ctx: Context) -> int:
+    """The MACs every per-layer method reaches at ``ctx.ratio`` (Torch-Pruning's local widths)."""
+    uniform = build({"prune": "random", "framework": "torch_pruning"}, model=ctx.model,
+                    example_inputs=ctx.example(), tasks=ctx.tasks, pruning_ratio=ctx.ratio)  # fmt: skip
+    return count_macs(uniform, ctx.example())[0]
+
+
+def registered(
+    name: str, *, framework: str, fresh: bool = False, equal_macs: bool = False, **settings: Any
+) -> Method:
     """The registry's ``prune`` entry ``name`` under the table's protocol.
 
     ``fresh``: scored and pruned at a fresh initialisation (DiSparse's static variant).
+    ``equal_macs``: instead of ``ctx.ratio``, the MAC budget the per-layer methods reach
+    at that ratio (:func:`layer_macs`), for methods whose ratio allocates globally.
     """
     config = {"prune": name, "framework": framework, **settings}
 
     def method(ctx: Context) -> tuple[nn.Module, dict | None]:
+        budget = {"target_macs": layer_macs(ctx)} if equal_macs else {"pruning_ratio": ctx.ratio}
         pruned = build(
             config,
             model=ctx.fresh_model() if fresh else ctx.model,
@@ -82,8 +95,8 @@ def registered(name: str, *, framework: str, fresh: bool = False, **settings: An
             tasks=ctx.tasks,
             losses=ctx.losses(),
             data=list(ctx.score_data()),
-            pruning_ratio=ctx.ratio,
             progress=False,
+            **budget,
         )
         # Unstructured CUT keeps zeros only while finetune(masks=...) holds them there.
         record = read_record(pruned) if settings.get("granularity") == "weight" else None
@@ -147,6 +160,9 @@ CUT_METHODS: dict[str, Method] = {
     "scratch": scratch,
     "nni-l1": registered("l1", framework="nni"),
     "cut": registered("cut", framework="torch_pruning", rule="vote"),
+    "cut-global": registered(
+        "cut", framework="torch_pruning", rule="vote", global_pruning=True, equal_macs=True
+    ),
     "cut-magnitude": registered(
         "cut", framework="torch_pruning", rule="vote", criterion="magnitude"
     ),

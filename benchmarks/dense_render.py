@@ -18,6 +18,7 @@ from benchmarks.markdown import number, table
 __all__ = [
     "BASELINES",
     "CUT_ROWS",
+    "CUT_VARIANTS",
     "PAPER_BUDGET",
     "comparisons",
     "dense_headline",
@@ -32,6 +33,10 @@ PAPER_BUDGET = {"lr": 1e-5, "steps": 1000}
 
 CUT_ROWS = {"channel": "cut", "weight": "cut-weight"}
 """The CUT row of each granularity (the paper's method with this project's defaults)."""
+
+CUT_VARIANTS = {"channel": ("cut-global",), "weight": ()}
+"""CUT's variants also compared with the best other method (headline id ``cut.<kind>.<variant>.
+vs_best_baseline``, e.g. ``cut-global``: global allocation at the per-layer methods' MACs)."""
 
 BASELINES = {
     "channel": ("disparse", "disparse-pretrained", "tp-magnitude", "tp-taylor", "nni-l1", "scratch"),
@@ -89,12 +94,18 @@ def _delta(rows: list[dict], budget: str) -> dict[int, float]:
     return {r["seed"]: r["budgets"][budget]["delta_m"] for r in rows if budget in r["budgets"]}
 
 
+def _cut_rows() -> list[tuple[str, str]]:
+    """``(granularity, method)`` of CUT's row and then its variants."""
+    rows = list(CUT_ROWS.items())
+    return rows + [(g, v) for g, variants in CUT_VARIANTS.items() for v in variants]
+
+
 def comparisons(dense: dict[str, Any]) -> list[dict[str, Any]]:
     """CUT vs the best other method per granularity × subset × ratio × budget (paired over seeds)."""
     out = []
     for (tasks, ratio), rows in _groups(dense).items():
         methods = _by_method(rows)
-        for granularity, cut in CUT_ROWS.items():
+        for granularity, cut in _cut_rows():
             others = [m for m in BASELINES[granularity] if m in methods]
             if cut not in methods or not others:
                 continue
@@ -109,7 +120,7 @@ def comparisons(dense: dict[str, Any]) -> list[dict[str, Any]]:
                 value, ci = paired([mine[s] - theirs[best][s] for s in seeds])
                 out.append({
                     "granularity": granularity, "tasks": list(tasks), "ratio": ratio,
-                    "budget": budget, "value": value, "ci95": ci, "seeds": len(seeds),
+                    "budget": budget, "value": value, "ci95": ci, "seeds": len(seeds), "method": cut,
                     "baseline": best, "cut": statistics.fmean(mine.values()),
                     "best": statistics.fmean(theirs[best].values()),
                 })  # fmt: skip
@@ -133,8 +144,9 @@ def dense_headline(dense: dict[str, Any]) -> list[dict[str, Any]]:
         if c["budget"] == "0":
             continue
         kind = "structured" if c["granularity"] == "channel" else "unstructured"
+        variant = "" if c["method"] == CUT_ROWS[c["granularity"]] else f"{c['method']}."
         entries.append({
-            "id": f"cut.{kind}.vs_best_baseline",
+            "id": f"cut.{kind}.{variant}vs_best_baseline",
             "setting": {"data": data, "tasks": c["tasks"], "ratio": c["ratio"], "budget": c["budget"]},
             "value": round(c["value"], 3), "unit": "Δm points",
             "ci95": None if c["ci95"] is None else [round(v, 3) for v in c["ci95"]],
@@ -217,11 +229,16 @@ def dense_tables(dense: dict[str, Any]) -> str:
     for c in comparisons(dense):
         ci = "" if c["ci95"] is None else f" [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
         lines.append(
-            f"| {c['granularity']} {'+'.join(c['tasks'])} @ {c['ratio']} | {c['budget']} | "
+            f"| {c['method']}: {c['granularity']} {'+'.join(c['tasks'])} @ {c['ratio']} | {c['budget']} | "
             f"{c['cut']:.2f} | {c['baseline']} | {c['best']:.2f} | {c['value']:+.2f}{ci} | {c['seeds']} |"
         )
     out.append("#### CUT against the best other method (paired over seeds)\n\n" + "\n".join(lines))
     return "\n\n".join(out)
+
+
+def _label(comparison: dict[str, Any]) -> str:
+    method = comparison["method"]
+    return "CUT" if method == CUT_ROWS[comparison["granularity"]] else f"CUT variant {method}"
 
 
 def dense_summaries(dense: dict[str, Any]) -> list[str]:
@@ -236,7 +253,7 @@ def dense_summaries(dense: dict[str, Any]) -> list[str]:
         verdict = "leads" if c["value"] > 0 else "trails"
         lines.append(
             f"Dense scenes ({c['granularity']}, {'+'.join(c['tasks'])}, ratio {c['ratio']}, "
-            f"budget {c['budget']}): CUT {verdict} the best other method ({c['baseline']}) by "
+            f"budget {c['budget']}): {_label(c)} {verdict} the best other method ({c['baseline']}) by "
             f"{c['value']:+.2f} Δm points{ci}, {c['seeds']} seed(s)"
         )
     return lines

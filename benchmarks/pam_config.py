@@ -10,12 +10,18 @@ from typing import Any
 from adapters.torch_pruning import PRUNED_GROUPS
 from cut_plugin.vocabulary import check_choice, check_int, check_number
 
-__all__ = ["PAM_GROUPINGS", "PAM_PRUNERS", "PAM_SPLITS", "PAMSuiteConfig"]
+__all__ = ["PAM_GROUPINGS", "PAM_MTZ_VARIANTS", "PAM_PRUNERS", "PAM_SPLITS", "PAMSuiteConfig"]
 
 PAM_SPLITS: tuple[str, ...] = ("class_split", "class_split5")
 PAM_PRUNERS: tuple[str, ...] = ("taylor", "magnitude")
 PAM_GROUPINGS: tuple[str, ...] = ("paper", "subsets")
 PAM_SUMMARIES: tuple[str, ...] = ("max", "map")
+PAM_MTZ_VARIANTS: tuple[str, ...] = ("pam", "released")
+MTZ_VARIANT_OPTIONS: dict[str, dict[str, str]] = {
+    "pam": {},
+    "released": {"wiring": "released", "fc_cost": "euclidean"},
+}
+"""``MTZMerger`` options of each MTZ variant (``mtz_variant``)."""
 
 
 def _check_tuple(name: str, values: Any, check: Callable[[str, Any], object]) -> None:
@@ -39,6 +45,9 @@ class PAMSuiteConfig:
     neuron, ``"max"`` or ``"map"`` (the official code's full map; α scale
     differs, ``PAMMerger``). ``delete_groups``: after pruning, delete whole
     groups (exclusive chains) while every task stays within the tolerance.
+    ``mtz_variant``: ``"pam"`` (MTZ with PAM's wiring, the default) or
+    ``"released"`` (the authors' ``W_inter`` wiring and fully-connected rule;
+    ``MTZMerger``); :meth:`mtz_config` builds the merger's registry config.
     """
 
     splits: tuple[str, ...] = ("class_split",)
@@ -68,6 +77,7 @@ class PAMSuiteConfig:
     seeds: tuple[int, ...] = (0,)
     conv_summary: str = "max"
     delete_groups: bool = True
+    mtz_variant: str = "pam"
 
     def __post_init__(self) -> None:
         options = {"splits": PAM_SPLITS, "pruners": PAM_PRUNERS, "groupings": PAM_GROUPINGS}
@@ -93,10 +103,15 @@ class PAMSuiteConfig:
             check_int("threads", self.threads)
         _check_tuple("seeds", self.seeds, partial(check_int, low=0))
         check_choice("conv_summary", self.conv_summary, PAM_SUMMARIES)
+        check_choice("mtz_variant", self.mtz_variant, PAM_MTZ_VARIANTS)
         if not isinstance(self.delete_groups, bool):
             raise TypeError(f"delete_groups must be a bool, got {self.delete_groups!r}")
         if not isinstance(self.cache_dir, str) or not self.cache_dir:
             raise TypeError(f"cache_dir must be a non-empty path string, got {self.cache_dir!r}")
+
+    def mtz_config(self, share: float) -> dict[str, Any]:
+        """The registry config of the MTZ merger at ``share``: ``{"merger": "mtz", "share": share, ...}``."""
+        return {"merger": "mtz", "share": share, **MTZ_VARIANT_OPTIONS[self.mtz_variant]}
 
     def methods(self) -> list[str]:
         """The table's columns for this config."""

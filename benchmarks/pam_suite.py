@@ -203,7 +203,7 @@ def _candidates(ctx: _Context) -> tuple[dict[str, dict[str, MergedNetwork]], dic
     }
     plans: dict[str, list[Attempt]] = {
         "mtz": [
-            ({"share": s}, partial(build({"merger": "mtz", "share": s}).merge, networks, example))
+            ({"share": s}, partial(build(config.mtz_config(s)).merge, networks, example))
             for s in config.mtz_shares
         ]
     }

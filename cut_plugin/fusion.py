@@ -25,7 +25,7 @@ from typing import Any, Literal, cast, get_args
 import torch
 from torch import Tensor
 
-from cut_plugin.verdicts import Verdicts, needed_votes
+from cut_plugin.verdicts import needed_votes, search_verdict
 
 __all__ = [
     "RULES",
@@ -197,8 +197,9 @@ def fuse_blocks(
     rule, votes = check_rule(rule, votes)
     if used is None:
         used = torch.ones(values.shape, dtype=torch.bool, device=values.device)
-    users = used.sum(dim=0)
-    masked = torch.where(used, values, torch.zeros_like(values))
+    # A bool sum into int64 is slow on CPU; a narrower count is exact.
+    users = used.sum(dim=0, dtype=torch.int8 if values.shape[0] < 128 else torch.int32)
+    masked = torch.where(used, values, 0.0)
     if rule in VERDICT_RULES or rule == "mean":
         score = masked.sum(dim=0) / users.clamp(min=1)
     elif rule == "max":
@@ -208,62 +209,16 @@ def fuse_blocks(
             raise ValueError("rule 'weighted' needs one weight per task row")
         w = torch.tensor([float(v) for v in weights], device=values.device, dtype=values.dtype)
         score = (w[:, None] * masked).sum(dim=0)
-    score = torch.where(users > 0, score, torch.full_like(score, -1.0))
+    score = torch.where(users > 0, score, -1.0)
     if rule not in VERDICT_RULES:
         return None, score
     if keep is None:
         raise ValueError(f"rule {rule!r} needs the fraction each task keeps (keep_ratio)")
     needed = needed_votes(users, rule, votes)
-    # Kept at fraction f <=> fractions <= f: the verdict of ranking every task's blocks
-    # at f, from one sort per task instead of a re-ranking at every bisection step.
-    verdicts = Verdicts(values, used, needed, users)
-    fractions = verdicts.fractions
-    sizes = None if grain is None else grain.to(fractions)
-    total = max(float(users.count_nonzero() if sizes is None else sizes[users > 0].sum()), 1.0)
-
-    def size_of(kept: Tensor, sizes: Tensor | None) -> float:
-        # Integer-valued sizes sum exactly in float64, so split sums equal one sum.
-        return float(kept.count_nonzero()) if sizes is None else float(sizes[kept].sum())
-
-    def correction(fraction: float) -> float:
-        """Size kept exactly at ``fraction`` minus size kept by ``fractions <= fraction``."""
-        fixed = verdicts.corrections(fraction)
-        if fixed is None:
-            return 0.0
-        blocks, exact = fixed
-        change = exact.double() - (fractions[blocks] <= fraction).double()
-        return float((change if sizes is None else change * sizes[blocks]).sum())
-
-    best_fraction = keep
-    best_error = abs((size_of(fractions <= keep, sizes) + correction(keep)) / total - keep)
-    low, high = 0.0, 1.0
-    # Bisection over the blocks whose verdict is still open: those kept at `low` are
-    # counted once in `base`, those not kept at `high` are dropped, so each step
-    # touches the open interval only (it halves, typically).
-    base = size_of(fractions <= low, sizes)
-    is_open = (fractions > low) & (fractions <= high)
-    open_fractions = fractions[is_open]
-    open_sizes = None if sizes is None else sizes[is_open]
-    for _ in range(40 if calibrate else 0):
-        if best_error <= 1e-3:
-            break
-        middle = (low + high) / 2
-        inside = open_fractions <= middle
-        inside_size = size_of(inside, open_sizes)
-        fraction = (base + inside_size + correction(middle)) / total
-        if abs(fraction - keep) < best_error:
-            best_fraction, best_error = middle, abs(fraction - keep)
-        if fraction < keep:
-            low, base, inside = middle, base + inside_size, ~inside
-        else:
-            high = middle
-        open_fractions = open_fractions[inside]
-        open_sizes = None if open_sizes is None else open_sizes[inside]
-    best = fractions <= best_fraction
-    fixed = verdicts.corrections(best_fraction)
-    if fixed is not None:
-        best[fixed[0]] = fixed[1]
-    return best, score
+    kept = search_verdict(
+        values.detach(), used, needed, users, keep=keep, calibrate=calibrate, grain=grain
+    )
+    return kept, score
 
 
 def fuse(

@@ -14,19 +14,24 @@ Implementation notes:
   bisection so that the achieved sparsity over the selected tasks' prunable
   weights is S (within 1 %); ``calibrate=False`` gives the literal rule.
 - Ties in a ranking are broken by position, so counts are exact.
-- The calibration sorts each task's scores once and searches the keep fraction on
-  one per-weight threshold (``cut_plugin.fusion.fuse_blocks``); it used to re-count
-  every task's verdict on every weight at each bisection step. The masks are the same
-  (``tests/test_masks_speed.py`` checks them against a port of the old kernel).
+- The calibration (``cut_plugin.verdicts.search_verdict``, behind
+  ``cut_plugin.fusion.fuse_blocks``) sorts nothing on CPU: each task's rank
+  ``round(f·count)`` is placed by a lazy quickselect over int64 keys, and one vote
+  count follows the fractions the bisection visits, touching only the weights whose
+  task verdicts change. The masks are those of re-ranking every weight at every step
+  (``tests/test_masks_speed.py``, ``tests/test_masks_calibration.py``).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -87,10 +92,6 @@ def _check_task_scores(
                     f"task_scores[{task!r}][{name!r}] is {shape} but the weight is "
                     f"{tuple(weights[name].shape)}; score this model again with score_tasks"
                 )
-            if not torch.isfinite(value).all():
-                raise ValueError(
-                    f"task_scores[{task!r}][{name!r}] holds NaN or inf; score on finite losses"
-                )
             own[name] = value.detach().float()
         result[str(task)] = own
     if not any(result.values()):
@@ -127,16 +128,35 @@ def cut_masks(
     cut = resolve_config(config, options, tasks=tasks)
     used = [name for name in prunable if any(name in s for s in scores.values())]
     sizes = [prunable[n].numel() for n in used]
-    # One row per task over every used weight element: v_t = h_t / Σ h_t on its own weights.
-    values = torch.zeros(len(tasks), sum(sizes))
+    # One row per task over every used weight element: v_t = h_t / Σ h_t on its own weights
+    # (torch's per-tensor sums added in order). Rows are filled with numpy: one copy and
+    # one division each, no parallel region per tensor.
+    values = torch.empty(len(tasks), sum(sizes))
     uses = torch.zeros(len(tasks), sum(sizes), dtype=torch.bool)
-    offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    rows, flags = values.numpy(), uses.numpy()
+    offsets = [0, *itertools.accumulate(sizes)]
+    zeros = np.zeros(max(sizes), dtype=np.float32)
     for row, task in enumerate(tasks):
-        total = sum(float(v.sum()) for v in scores[task].values()) or 1.0
+        own = scores[task]
+        pieces = [
+            own[n].reshape(-1).cpu().numpy() if n in own else zeros[:k]
+            for n, k in zip(used, sizes, strict=True)
+        ]
+        np.concatenate(pieces, out=rows[row])
+        sums = [float(v.sum()) for v in own.values()]
+        for name, total in zip(own, sums, strict=True):
+            # A finite sum of float32 scores needs finite scores (check those that overflow).
+            if not math.isfinite(total) and not torch.isfinite(own[name]).all():
+                raise ValueError(
+                    f"task_scores[{task!r}][{name!r}] holds NaN or inf; score on finite losses"
+                )
+        # As torch's float32 tensor / Python float: a division by the float's float32.
+        with np.errstate(over="ignore"):
+            divisor = np.float64(sum(sums) or 1.0).astype(np.float32)
+        np.divide(rows[row], divisor, out=rows[row])
         for i, name in enumerate(used):
-            if name in scores[task]:
-                values[row, offsets[i] : offsets[i + 1]] = scores[task][name].reshape(-1) / total
-                uses[row, offsets[i] : offsets[i + 1]] = True
+            if name in own:
+                flags[row, offsets[i] : offsets[i + 1]] = True
     kept, fused = fuse_blocks(
         values,
         uses,
@@ -149,7 +169,9 @@ def cut_masks(
     if kept is None:
         kept = top_mask(fused, 1.0 - ratio)
     masks = {n: m.reshape(prunable[n].shape) for n, m in zip(used, kept.split(sizes), strict=True)}
-    log.info("cut_masks: asked sparsity %.4f, achieved %.4f", ratio, mask_sparsity(masks))
+    if log.isEnabledFor(logging.INFO):
+        achieved = 1.0 - int(kept.count_nonzero()) / max(kept.numel(), 1)
+        log.info("cut_masks: asked sparsity %.4f, achieved %.4f", ratio, achieved)
     return masks
 
 

@@ -15,7 +15,8 @@ from pam_plugin.deletion import delete_groups, group_deletions
 from pam_plugin.grouping import SHARED, GroupKey, Neuron, relevance_groups
 from pam_plugin.information import label_entropy, mutual_information
 from pam_plugin.merged import MergedNetwork
-from pam_plugin.mtz import MTZMerger, zip_costs
+from pam_plugin.mtz import MTZMerger, MTZResult, zip_costs
+from pam_plugin.mtz_finetuning import MTZFinetuning
 from pam_plugin.pam import PAM_PRESETS, PAMMerger
 from pam_plugin.search import irrelevant_path, irrelevant_set
 from pam_plugin.tracing import parse_architecture
@@ -27,7 +28,9 @@ __all__ = [
     "Architecture",
     "Cost",
     "GroupKey",
+    "MTZFinetuning",
     "MTZMerger",
+    "MTZResult",
     "MergedNetwork",
     "Neuron",
     "PAMMerger",

@@ -25,7 +25,7 @@ TINY = DenseSuiteConfig(
     data_kwargs={"size": 32, "train": 48, "val": 16, "test": 16, "cache_dir": None},
     subsets=(("seg", "depth"),),
     ratios=(0.5,),
-    methods=("cut", "tp-magnitude", "cut-weight", "magnitude-weight"),
+    methods=("cut", "cut-global", "tp-magnitude", "cut-weight", "magnitude-weight"),
     seeds=(0, 1),
     pretrain_epochs=1,
     batch_size=16,
@@ -74,17 +74,27 @@ def test_paired_interval_by_hand():
 def test_headline_report_and_summary(tiny):
     entries = dense_headline(tiny)
     ids = {e["id"] for e in entries}
-    assert ids == {"cut.structured.vs_best_baseline", "cut.unstructured.vs_best_baseline"}
+    assert ids == {
+        "cut.structured.vs_best_baseline",
+        "cut.structured.cut-global.vs_best_baseline",
+        "cut.unstructured.vs_best_baseline",
+    }
     for entry in entries:
         assert entry["seeds"] == 2 and entry["ci95"][0] <= entry["value"] <= entry["ci95"][1]
         assert entry["setting"]["budget"] in ("short", "long") and entry["unit"] == "Δm points"
-    by_key = {(c["granularity"], c["budget"]): c for c in comparisons(tiny)}
-    channel = by_key[("channel", "long")]
+    by_key = {(c["method"], c["budget"]): c for c in comparisons(tiny)}
+    channel = by_key[("cut", "long")]
     assert channel["baseline"] == "tp-magnitude"  # the only structured baseline run
     assert channel["value"] == pytest.approx(channel["cut"] - channel["best"])
     report = dense_tables(tiny)
     assert "| cut | channel |" in report and "seg miou" in report and "95 % CI" in report
-    assert any("CUT" in line for line in dense_summaries(tiny))
+    summaries = dense_summaries(tiny)
+    assert any("CUT leads" in line or "CUT trails" in line for line in summaries)
+    assert any("CUT variant cut-global" in line for line in summaries)
+    # the variant runs at the per-layer methods' MACs, never above
+    rows = {(r["seed"], r["method"]): r for r in tiny["rows"]}
+    for seed in (0, 1):
+        assert rows[seed, "cut-global"]["macs"] <= rows[seed, "tp-magnitude"]["macs"]
     assert PART.headline(tiny) == entries
 
 

@@ -11,6 +11,7 @@ dependency graph removes whole channels physically::
 """
 
 from adapters.torch_pruning.baselines import BASELINES, baseline_prune, count_macs
+from adapters.torch_pruning.budget import search_ratio
 from adapters.torch_pruning.compaction import align_masks, prune_by_masks
 from adapters.torch_pruning.importance import CUTImportance
 from adapters.torch_pruning.merged import PRUNED_GROUPS, prune_merged
@@ -33,4 +34,5 @@ __all__ = [
     "prune_merged",
     "pruning_history",
     "save_pruned",
+    "search_ratio",
 ]

@@ -186,6 +186,33 @@ class CUTImportance(tp.importance.Importance):
         )
         self._bind(model, first[0] if first else None)
 
+    def use_scores(
+        self, model: nn.Module, scores: Mapping[str, Mapping[str, Tensor]], inputs: Inputs
+    ) -> None:
+        """Take per-task element scores computed earlier (``score_tasks`` on ``model``'s weights).
+
+        Checked: an entry for every task of this importance (other tasks' are ignored),
+        each score named like one of ``model``'s parameters and of its shape (scores of
+        another model raise).
+        """
+        if not isinstance(scores, Mapping) or not set(self.tasks) <= set(scores):
+            got = sorted(scores) if isinstance(scores, Mapping) else type(scores).__name__
+            raise ValueError(
+                f"scores must be a dict with an entry for every task {self.tasks} (score_tasks' "
+                f"result), got {got}"
+            )
+        scores = {task: scores[task] for task in self.tasks}
+        params = dict(model.named_parameters())
+        for task, per_param in scores.items():
+            for name, value in per_param.items():
+                if name not in params or params[name].shape != value.shape:
+                    raise ValueError(
+                        f"scores[{task!r}][{name!r}] does not match this model's parameter "
+                        f"(shape {tuple(value.shape)}): score the model being pruned, not another"
+                    )
+        self.scores = {t: {n: v.detach().clone() for n, v in s.items()} for t, s in scores.items()}
+        self._bind(model, inputs)
+
     def is_stale(self, model: nn.Module) -> bool:
         """True when no scores exist or they no longer match ``model``'s parameters' shapes."""
         if not self.scores:

@@ -9,9 +9,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch_pruning as tp
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from adapters.torch_pruning.attention import head_options, plan_head_step, protect_mha, sync_heads
+from adapters.torch_pruning.baselines import count_macs
+from adapters.torch_pruning.budget import check_target_macs, macs_budget, search_ratio
 from adapters.torch_pruning.importance import CUTImportance
 from adapters.torch_pruning.protection import (
     SaturatingCounts,
@@ -19,15 +21,15 @@ from adapters.torch_pruning.protection import (
     saturating_kwargs,
     to_copy_kwargs,
 )
-from cut_plugin import apply_masks, cut_masks, score_tasks, select_tasks
+from adapters.torch_pruning.unstructured import check_unpruned, prune_weights
+from cut_plugin import score_tasks, select_tasks
 from cut_plugin.checks import (
     FROZEN_ATTRIBUTE_FIX,
-    check_outputs,
     check_shapes,
     outputs_of,
     unwrap_model,
 )
-from cut_plugin.config import CUT_OPTIONS, CUTConfig, resolve_config, split_options
+from cut_plugin.config import CUTConfig, resolve_config, split_options
 from cut_plugin.record import PruningRecord, history_of, write_record
 from cut_plugin.state import scoring_state
 from cut_plugin.vocabulary import (
@@ -67,6 +69,10 @@ class CUTPruner(SaturatingCounts, tp.pruner.BasePruner):
     runs the pruned model once on ``example_inputs`` and raises
     :class:`cut_plugin.checks.TransformCheckError` if it crashes or changes a task's
     output shape. A ``torch.compile``'d or ``DataParallel`` model is unwrapped (warning).
+
+    ``scores``: per-task element scores of this model (``score_tasks`` with the
+    config's criterion, or ``pruner.importance.scores`` of an earlier pruner of it)
+    used instead of scoring ``data`` again, e.g. to prune one model at several ratios.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class CUTPruner(SaturatingCounts, tp.pruner.BasePruner):
         progress: bool = True,
         check: bool = True,
         round_to: int | None = None,
+        scores: Mapping[str, Mapping[str, Tensor]] | None = None,
         **kwargs: Any,
     ) -> None:
         model = unwrap_model(model, operation="CUTPruner")
@@ -124,7 +131,10 @@ class CUTPruner(SaturatingCounts, tp.pruner.BasePruner):
         )
         self.data = data
         self.max_batches = max_batches
-        importance.estimate(compact, data, max_batches)
+        if scores is None:
+            importance.estimate(compact, data, max_batches)
+        else:
+            importance.use_scores(compact, scores, example)
         tp_kwargs = saturating_kwargs(tp_kwargs)
         was_training = model.training
         # Torch-Pruning traces the graph through autograd: a frozen layer would be invisible
@@ -203,7 +213,7 @@ def cut_prune(
     tasks: Sequence[str],
     losses: Mapping[str, Loss],
     data: Iterable[Any],
-    pruning_ratio: float,
+    pruning_ratio: float | None = None,
     granularity: str = "channel",
     config: CUTConfig | Mapping[str, Any] | None = None,
     max_batches: int | None = None,
@@ -211,6 +221,7 @@ def cut_prune(
     progress: bool = True,
     check: bool = True,
     round_to: int | None = None,
+    target_macs: float | int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """One call: a new compact model serving only ``tasks`` (the caller's model untouched).
@@ -230,12 +241,36 @@ def cut_prune(
     channels, for CPU kernels that run such widths faster (see :class:`CUTPruner`);
     ``None`` (default) keeps the exact count.
 
+    ``target_macs`` (channels only, instead of ``pruning_ratio``): the compact model's
+    budget, a fraction in (0, 1] of the MACs of the dense model serving ``tasks`` or
+    an int MAC count. The tasks are scored once; the smallest ratio whose compact
+    model fits is searched (:func:`adapters.torch_pruning.search_ratio`), so the
+    result never exceeds the budget. With ``global_pruning=True`` this is how to
+    compare with a per-layer method at equal MACs.
+
     Checked (``check=True``, one forward on ``example_inputs``): every step keeps each
     task's output shape, and at ``pruning_ratio=0`` the result equals the original
     on ``tasks``; a failure raises :class:`cut_plugin.checks.TransformCheckError`.
     A ``torch.compile``'d or ``DataParallel`` model is unwrapped (with a warning).
     """
     model = unwrap_model(model, operation="cut_prune")
+    if (pruning_ratio is None) == (target_macs is None):
+        raise TypeError(
+            "cut_prune needs exactly one of pruning_ratio (a fraction of channels or weights) "
+            f"and target_macs (a MAC budget); got pruning_ratio={pruning_ratio!r}, "
+            f"target_macs={target_macs!r}"
+        )
+    if target_macs is not None:
+        if granularity != "channel":
+            raise TypeError(
+                "target_macs budgets the compact model's MACs: it applies to granularity="
+                "'channel' only (zeroed weights do not reduce dense MACs); use pruning_ratio"
+            )
+        return _prune_to_macs(
+            model, example_inputs, target_macs, tasks=tasks, losses=losses, data=data,
+            config=config, max_batches=max_batches, task_names=task_names, progress=progress,
+            check=check, round_to=round_to, **kwargs,
+        )  # fmt: skip
     if granularity == "channel":
         pruner = CUTPruner(
             model,
@@ -255,7 +290,7 @@ def cut_prune(
         for _ in range(pruner.iterative_steps):
             pruner.step()
         if check and pruner.pruning_ratio == 0.0:
-            _check_unpruned(model, pruner.model, example_inputs, tasks, task_names)
+            check_unpruned(model, pruner.model, example_inputs, tasks, task_names)
         return pruner.model
     if granularity == "weight":
         if round_to is not None:
@@ -263,41 +298,59 @@ def cut_prune(
                 "round_to rounds channel counts: it applies to granularity='channel' only; "
                 "drop it for granularity='weight'"
             )
-        ratio = check_ratio(pruning_ratio)
-        selected_tasks = check_tasks(tasks)
-        options, rest = split_options(kwargs)
-        if rest:
-            raise TypeError(
-                f"cut_prune(granularity='weight') got unknown option(s) {sorted(rest)}; "
-                f"CUT's options are {list(CUT_OPTIONS)}"
-            )
-        cut = resolve_config(config, options, tasks=selected_tasks)
-        example = as_example_inputs(example_inputs, model)
-        selected = select_tasks(
-            model, selected_tasks, task_names=task_names, example_inputs=example
-        )
-        scores = score_tasks(
-            selected,
-            data,
-            losses,
-            tasks=selected_tasks,
-            criterion=cut.criterion,
-            max_batches=max_batches,
-            progress=progress,
-        )
-        masks = cut_masks(selected, scores, pruning_ratio=ratio, config=cut)
-        pruned = apply_masks(selected, masks, inplace=True)
-        record = PruningRecord(
-            tasks=selected_tasks,
-            task_names=list(task_names) if task_names is not None else None,
-            history=history_of(model),
-            masks=masks,
-            config=cut,
-        )
-        if check and ratio == 0.0:
-            _check_unpruned(model, pruned, example, selected_tasks, task_names)
-        return write_record(pruned, record)
+        return prune_weights(
+            model, example_inputs, tasks=tasks, losses=losses, data=data,
+            pruning_ratio=pruning_ratio, config=config, max_batches=max_batches,
+            task_names=task_names, progress=progress, check=check, **kwargs,
+        )  # fmt: skip
     raise ValueError(f"granularity must be 'channel' or 'weight', got {granularity!r}")
+
+
+def _prune_to_macs(
+    model: nn.Module,
+    example_inputs: Inputs,
+    target_macs: float | int,
+    *,
+    tasks: Sequence[str],
+    losses: Mapping[str, Loss],
+    data: Iterable[Any],
+    config: CUTConfig | Mapping[str, Any] | None,
+    max_batches: int | None,
+    task_names: Sequence[str] | None,
+    **kwargs: Any,
+) -> nn.Module:
+    """``cut_prune`` at the smallest ratio whose compact model fits ``target_macs``."""
+    check_target_macs(target_macs)
+    selected_tasks = check_tasks(tasks)
+    options, _ = split_options(kwargs)
+    cut = resolve_config(config, options, tasks=selected_tasks)
+    example = as_example_inputs(example_inputs, model)
+    selected = select_tasks(model, selected_tasks, task_names=task_names, example_inputs=example)
+    budget = macs_budget(target_macs, count_macs(selected, example)[0])
+    scores = score_tasks(
+        selected, data, check_losses(losses, selected_tasks), tasks=selected_tasks,
+        criterion=cut.criterion, max_batches=max_batches, progress=kwargs.get("progress", True),
+        task_names=task_names,
+    )  # fmt: skip
+    check = kwargs.pop("check", True)
+    quiet = {**kwargs, "progress": False, "check": False}  # the chosen model is checked below
+
+    def prune(ratio: float) -> nn.Module:
+        pruner = CUTPruner(
+            model, example, tasks=selected_tasks, losses=losses, data=data, pruning_ratio=ratio,
+            config=config, max_batches=max_batches, task_names=task_names, scores=scores, **quiet,
+        )  # fmt: skip
+        for _ in range(pruner.iterative_steps):
+            pruner.step()
+        return pruner.model
+
+    compact, _, _ = search_ratio(prune, lambda m: count_macs(m, example)[0], budget)
+    if check:
+        shapes = {t: v.shape for t, v in outputs_of(selected, example, task_names).items()}
+        check_shapes("cut_prune(target_macs=...)", compact, example, shapes, task_names=task_names,
+                     fix="pass the layer that breaks in ignored_layers=[...] (check=False skips "
+                     "this check)")  # fmt: skip
+    return compact
 
 
 def _check_round_to(value: Any) -> int:
@@ -310,24 +363,3 @@ def _check_round_to(value: Any) -> int:
             "pass None for exact channel counts"
         )
     return value
-
-
-def _check_unpruned(
-    model: nn.Module,
-    compact: nn.Module,
-    example_inputs: Inputs,
-    tasks: Sequence[str],
-    task_names: Sequence[str] | None,
-) -> None:
-    """At ``pruning_ratio=0`` the compact model computes the original's selected outputs."""
-    example = as_example_inputs(example_inputs, model)
-    reference = outputs_of(model, example, task_names)
-    check_outputs(
-        "cut_prune(pruning_ratio=0)",
-        compact,
-        example,
-        {task: reference[task] for task in tasks},
-        promise="the original model",
-        fix="nothing should have been removed: report the model (cut_prune(..., check=False) "
-        "skips this check)",
-    )
