@@ -8,13 +8,19 @@ For task ``t`` and the pooled neurons of a layer, PAM grows a set ``S_t``:
 with ``I`` the KDE bound of :mod:`pam_plugin.information`. Squared distances
 add up over neurons, ``D_{S ∪ {i}} = D_S + D_i``, so ``exp(−D_{S∪{i}}/2σ²) =
 K_S ⊙ k_i``: the search keeps ``D_S`` and scores every candidate at once as
-one batched matrix product of the per-neuron kernels ``k_i`` with ``K_S``
-(and ``K_S`` masked by each label's same-class pattern), ``O(n·B²)`` per step.
+one batched matrix product of ``K_S`` (and ``K_S`` masked by each label's
+same-class pattern) with the per-neuron kernels ``k_i``, ``O(n·B²)`` per step.
 
 Implementation notes:
-- The per-neuron kernels ``(n, B, B)`` are computed once and kept when they fit
-  in ``max_memory`` bytes, else recomputed chunk by chunk at every step.
-- Ties go to the lowest index (as the naive reference does).
+- The per-neuron kernels are laid out ``(B, B, n)`` (per sample ``b``, a
+  ``(1 + L, B) @ (B, n)`` product: reads the kernels once, at memory speed),
+  computed once and kept when they fit in ``max_memory`` bytes, else
+  recomputed chunk by chunk at every step.
+- Constant neurons (the same finite value on every sample, e.g. dead ReLUs)
+  have ``k_i ≡ 1``: they share one kernel column, and adding one leaves
+  ``D_S`` as it is, so that step keeps every score instead of recomputing them.
+- Ties go to the lowest index (as the naive reference does); a NaN score is
+  never picked (nor by the naive search).
 - ``incremental=False`` is the naive reference: every candidate's distances are
   recomputed from its set's activations (for tests and the speed benchmark).
 """
@@ -98,50 +104,79 @@ def irrelevant_path(
     return _naive(values, structure, float(alpha), sigma2)
 
 
-def _neuron_kernels(values: Tensor, start: int, stop: int, sigma2: float) -> Tensor:
-    """``k_i[b, j] = exp(−‖z_ib − z_ij‖² / 2σ²)`` for neurons ``start:stop``, laid out ``(B, c, B)``."""
-    chunk = values[:, start:stop, :]  # (B, c, k)
-    distances = (chunk[:, None, :, :] - chunk[None, :, :, :]).pow(2).sum(dim=3)  # (B, B, c)
-    return torch.exp(distances / (-2.0 * sigma2)).permute(0, 2, 1).contiguous()
+def _neuron_kernels(values: Tensor, columns: Tensor, sigma2: float) -> Tensor:
+    """``k_i[b, j] = exp(−‖z_ib − z_ij‖² / 2σ²)`` for the neurons ``columns``, laid out ``(B, B, c)``."""
+    chunk = values[:, columns, :]  # (B, c, k)
+    if chunk.shape[2] == 1:  # the (B, B, c) broadcast is faster without the trailing axis
+        flat = chunk[:, :, 0]
+        kernel = (flat[:, None, :] - flat[None, :, :]).square_()
+    else:
+        kernel = (chunk[:, None, :, :] - chunk[None, :, :, :]).square_().sum(dim=3)
+    return kernel.div_(-2.0 * sigma2).exp_()
+
+
+def _constant(values: Tensor) -> Tensor:
+    """``(n,)`` bool: the neurons whose finite value is the same on every sample (all distances 0)."""
+    same = (values == values[:1]).all(dim=2).all(dim=0)
+    return same & values[:1].isfinite().all(dim=2)[0]
 
 
 def _incremental(
     values: Tensor, structure: LabelStructure, alpha: float, sigma2: float, max_memory: int
 ) -> tuple[list[int], list[float]]:
     num_samples, num_neurons, depth = values.shape
+    constant = _constant(values)
+    spare = [int(i) for i in torch.nonzero(constant).flatten()]  # share one kernel column
+    # column c of the kernels is neuron columns[c]; the constants' column is the lowest one left
+    columns = torch.nonzero(~constant).flatten()
+    if spare:
+        columns = torch.cat([columns, columns.new_tensor(spare[:1])])
+    width = columns.numel()
     bytes_per_neuron = num_samples * num_samples * values.element_size() * max(2, depth)
-    chunk = max(1, min(num_neurons, max_memory // max(1, 4 * bytes_per_neuron)))
-    bounds = [(start, min(start + chunk, num_neurons)) for start in range(0, num_neurons, chunk)]
-    keep = num_neurons * num_samples * num_samples * values.element_size() <= max_memory
-    stored = [_neuron_kernels(values, a, b, sigma2) for a, b in bounds] if keep else []
+    chunk = max(1, min(width, max_memory // max(1, 4 * bytes_per_neuron)))
+    bounds = [(start, min(start + chunk, width)) for start in range(0, width, chunk)]
+    keep = width * num_samples * num_samples * values.element_size() <= max_memory
+    stored = [_neuron_kernels(values, columns[a:b], sigma2) for a, b in bounds] if keep else []
 
     def kernels() -> Iterator[tuple[int, int, Tensor]]:
         for index, (a, b) in enumerate(bounds):
-            yield a, b, stored[index] if keep else _neuron_kernels(values, a, b, sigma2)
+            yield a, b, stored[index] if keep else _neuron_kernels(values, columns[a:b], sigma2)
 
-    masks = structure.masks.to(values.dtype)  # (L, B, B)
+    # left[b, 0, j] = K_S[b, j]; left[b, 1 + l, j] = K_S[b, j] if y_bl == y_jl else 0
+    masks = torch.cat(
+        [torch.ones(1, num_samples, num_samples, dtype=torch.bool), structure.masks]
+    ).permute(1, 0, 2).to(values.dtype).contiguous()  # fmt: skip
     set_distances = torch.zeros(num_samples, num_samples, dtype=values.dtype)
+    index = columns.clone()  # neuron of each column, for ties: the lowest index wins
+    scores = torch.empty(width, dtype=values.dtype)
+    stale = True
     chosen: list[int] = []
     path: list[float] = []
-    taken = torch.zeros(num_neurons, dtype=torch.bool)
     while len(chosen) < num_neurons:
-        set_kernel = torch.exp(set_distances / (-2.0 * sigma2))
-        # right[b, j, c]: c = 0 all samples, c = 1 + l same value of label l as sample b
-        right = (
-            torch.cat([set_kernel[None], set_kernel[None] * masks]).permute(1, 2, 0).contiguous()
-        )
-        scores = torch.empty(num_neurons, dtype=values.dtype)
-        for a, b, kernel in kernels():
-            sums = torch.bmm(kernel, right)  # (B, c, 1 + L)
-            scores[a:b] = information_from_sums(sums, structure, sample_dim=0)
-        scores[taken] = math.inf
-        best = int(torch.argmin(scores))
-        if not scores[best] <= alpha:
+        if stale:
+            left = torch.exp(set_distances / (-2.0 * sigma2))[:, None, :] * masks  # (B, 1+L, B)
+            for a, b, kernel in kernels():
+                sums = torch.bmm(left, kernel)  # (B, 1 + L, c)
+                scores[a:b] = information_from_sums(sums.transpose(1, 2), structure, sample_dim=0)
+            scores[scores.isnan() | (index < 0)] = math.inf
+        best_score = scores.min()
+        if not best_score < math.inf or not best_score <= alpha:
             break
+        column = int(torch.where(scores == best_score, index, num_neurons).argmin())
+        best = int(index[column])
         chosen.append(best)
-        path.append(float(scores[best]))
-        taken[best] = True
-        set_distances += squared_distances(values[:, best, :])
+        path.append(float(best_score))
+        if spare and best == spare[0]:
+            # a constant neuron leaves the set's distances, so every score, as they are
+            spare.pop(0)
+            index[column] = spare[0] if spare else -1
+            if not spare:
+                scores[column] = math.inf
+            stale = False
+        else:
+            index[column] = -1
+            set_distances += squared_distances(values[:, best, :])
+            stale = True
     return chosen, path
 
 
@@ -158,7 +193,7 @@ def _naive(
             score = float(information_from_distances(distances, structure, sigma2=sigma2))
             if score < best_score:
                 best, best_score = candidate, score
-        if not best_score <= alpha:
+        if best < 0 or not best_score <= alpha:
             break
         chosen.append(best)
         path.append(best_score)

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 import cut_plugin.verdicts as verdicts
 from cut_plugin import cut_masks, mask_sparsity
-from cut_plugin.fusion import fuse_blocks, top_mask
+from cut_plugin.fusion import fuse_blocks
+from tests.test_masks_speed import reference_cut_masks
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -86,33 +87,8 @@ def random_scores(model: nn.Module, seed: int, levels: int, tasks: list[str]) ->
 
 
 def literal_cut_masks(model: nn.Module, scores: dict, ratio: float, **options) -> dict:
-    weights = {n: p for n, p in model.named_parameters() if n.endswith("weight")}
-    tasks = list(scores)
-    names = [n for n in weights if any(n in s for s in scores.values())]
-    sizes = [weights[n].numel() for n in names]
-    values = torch.zeros(len(tasks), sum(sizes))
-    uses = torch.zeros(len(tasks), sum(sizes), dtype=torch.bool)
-    offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
-    for row, task in enumerate(tasks):
-        total = sum(float(v.sum()) for v in scores[task].values()) or 1.0
-        for i, name in enumerate(names):
-            if name in scores[task]:
-                values[row, offsets[i] : offsets[i + 1]] = scores[task][name].reshape(-1) / total
-                uses[row, offsets[i] : offsets[i + 1]] = True
-    rule = options.get("rule", "vote")
-    if rule in ("vote", "any", "all"):
-        kept = literal_verdict(
-            values,
-            uses,
-            rule=rule,
-            votes=options.get("votes", 2),
-            keep=1.0 - ratio,
-            calibrate=options.get("calibrate", True),
-        )
-    else:
-        weights_row = [options.get("weights", {}).get(t, 1.0) for t in tasks]
-        kept = top_mask(fuse_blocks(values, uses, rule=rule, weights=weights_row)[1], 1.0 - ratio)
-    return {n: m.reshape(weights[n].shape) for n, m in zip(names, kept.split(sizes), strict=True)}
+    """``cut_masks`` on the literal re-ranking kernel."""
+    return reference_cut_masks(model, scores, ratio, kernel=literal_verdict, **options)
 
 
 def verdict(values: Tensor, used: Tensor, **options) -> Tensor:

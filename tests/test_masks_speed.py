@@ -9,6 +9,8 @@ every verdict rule, vote thresholds, grains, and through ``cut_masks`` for every
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -134,9 +136,16 @@ class ThreeHeads(nn.Module):
 
 
 def reference_cut_masks(
-    model: nn.Module, scores: dict[str, dict[str, Tensor]], ratio: float, **options
+    model: nn.Module,
+    scores: dict[str, dict[str, Tensor]],
+    ratio: float,
+    *,
+    kernel: Any = None,
+    **options,
 ) -> dict[str, Tensor]:
-    """``cut_masks`` as it was, on the reference kernel (score rules: fused top fraction)."""
+    """``cut_masks`` as it was, on a reference verdict ``kernel`` (default: the old port's;
+    score rules: fused top fraction)."""
+    kernel = reference_fuse_verdict if kernel is None else kernel
     weights = {n: p for n, p in model.named_parameters() if n.endswith("weight")}
     tasks = list(scores)
     used_names = [n for n in weights if any(n in s for s in scores.values())]
@@ -152,7 +161,7 @@ def reference_cut_masks(
                 uses[row, offsets[i] : offsets[i + 1]] = True
     rule = options.get("rule", "vote")
     if rule in ("vote", "any", "all"):
-        kept = reference_fuse_verdict(
+        kept = kernel(
             values,
             uses,
             rule=rule,
