@@ -161,10 +161,14 @@ def _check_groups(
     return result
 
 
-def build_network(
-    prepared: Prepared, assignment: Assignment, overrides: Overrides | None = None
-) -> MergedNetwork:
-    """The merged network of ``prepared``'s networks under ``assignment`` (see module docstring)."""
+def space_groups(
+    prepared: Prepared, assignment: Assignment
+) -> dict[int, dict[GroupKey, list[Neuron]]]:
+    """Every space's groups as :func:`build_network` builds them from ``assignment``.
+
+    The input is one group of everyone; task outputs are exclusive; a hidden space
+    ``assignment`` does not name is exclusive; empty groups are dropped.
+    """
     arch, tasks = prepared.architecture, prepared.tasks
     everyone = frozenset(tasks)
     groups_of: dict[int, dict[GroupKey, list[Neuron]]] = {}
@@ -184,6 +188,16 @@ def build_network(
             groups_of[space.index] = {
                 k: list(v) for k, v in assignment[space.index].items() if len(v)
             }
+    return groups_of
+
+
+def build_network(
+    prepared: Prepared, assignment: Assignment, overrides: Overrides | None = None
+) -> MergedNetwork:
+    """The merged network of ``prepared``'s networks under ``assignment`` (see module docstring)."""
+    arch, tasks = prepared.architecture, prepared.tasks
+    everyone = frozenset(tasks)
+    groups_of = space_groups(prepared, assignment)
     names = {key: group_name(key, tasks) for groups in groups_of.values() for key in groups}
     present: dict[str, list[GroupKey]] = {arch.input_node: [everyone]}
     blocks: dict[str, dict[str, nn.Module]] = {}
@@ -209,11 +223,11 @@ def build_network(
             blocks[step.node] = modules
             plan.append(PlanStep(step.node, "layer", step.inputs))
         elif step.kind == "module":
-            space_groups = groups_of[step.space]
+            of_space = groups_of[step.space]
             originals = {} if step.replacement is not None else prepared.layer(step)
             blocks[step.node] = {
                 names[k]: _channel_module(
-                    originals, space_groups[k], arch.factor(step.inputs[0]), step.replacement
+                    originals, of_space[k], arch.factor(step.inputs[0]), step.replacement
                 )
                 for k in source
             }

@@ -32,9 +32,9 @@ from typing import Literal, cast
 import torch
 from torch import Tensor, nn
 
-from pam_plugin.architecture import Architecture, layer_width, tensor_attribute
-from pam_plugin.construction import Prepared, block_diagonal, build_network
-from pam_plugin.grouping import GroupKey, Neuron, exclusive_groups
+from pam_plugin.architecture import Architecture, tensor_attribute
+from pam_plugin.construction import Prepared, block_diagonal, build_network, space_groups
+from pam_plugin.grouping import GroupKey, Neuron
 from pam_plugin.merged import MergedNetwork
 from pam_plugin.mtz_finetuning import Finetune, MTZFinetuning, read_back, tie_copies, untie
 from pam_plugin.zipping import (
@@ -201,23 +201,7 @@ def _build(
 
 def _groups_of(prepared: Prepared, assignment: Groups) -> Groups:
     """Every space's groups as :func:`build_network` builds them from ``assignment``."""
-    arch, tasks = prepared.architecture, prepared.tasks
-    groups: Groups = {}
-    for space in arch.spaces:
-        if space.role == "input":
-            groups[space.index] = {
-                frozenset(tasks): [tuple((t, c) for t in tasks) for c in range(space.size)]
-            }
-        elif space.role == "output":
-            producer = prepared.layer(arch.step(space.producers[0]))
-            groups[space.index] = exclusive_groups(
-                {t: layer_width(m) for t, m in producer.items()}, tasks
-            )
-        elif space.index not in assignment:
-            groups[space.index] = exclusive_groups(space.size, tasks)
-        else:
-            groups[space.index] = {k: list(v) for k, v in assignment[space.index].items() if v}
-    return groups
+    return space_groups(prepared, assignment)
 
 
 def _finetune(
