@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from cut_plugin.checks import check_shapes
 from cut_plugin.vocabulary import model_device_dtype, move_to
 from pam_plugin.architecture import (
     Architecture,
@@ -82,6 +83,12 @@ class Prepared:
         )
         self.modules: dict[str, dict[str, nn.Module]] = {
             t: dict(self.networks[t].named_modules()) for t in self.tasks
+        }
+        with torch.no_grad():
+            first = {t: self.networks[t](self.inputs[:1].clone()) for t in self.tasks}
+        # What every merged network must return (checked by build_network).
+        self.output_shapes: dict[str, torch.Size] = {
+            t: out.shape for t, out in first.items() if isinstance(out, Tensor)
         }
 
     def layer(self, step: Step) -> dict[str, nn.Module]:
@@ -247,7 +254,7 @@ def build_network(
             f"task(s) {missing} keep no neuron in the layer before the output: the merged network "
             "cannot compute them; lower alpha_conv/alpha_fc (fewer irrelevant neurons)"
         )
-    return MergedNetwork(
+    network = MergedNetwork(
         tasks=tasks,
         plan=plan,
         blocks=blocks,
@@ -259,6 +266,12 @@ def build_network(
         layer_names={s.node: s.target for s in arch.steps if s.kind == "layer"},
         module_names={s.node: s.target for s in arch.steps if s.kind == "module" and s.target},
     )
+    if set(prepared.output_shapes) == set(tasks):
+        check_shapes(
+            "merge", network, (prepared.inputs[:1],), prepared.output_shapes,
+            fix="the merged network must compute each network's output; please report the networks",
+        )  # fmt: skip
+    return network
 
 
 def _new_layer(reference: nn.Module, in_width: int, out_width: int, bias: bool) -> nn.Module:

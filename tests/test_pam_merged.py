@@ -181,3 +181,17 @@ def test_a_residual_stage_is_named_by_any_of_its_layers() -> None:
         build_merged(networks, x, {"stem": stage, "layer1.conv2": stage})
     with pytest.raises(ValueError, match="one channel space"):
         MTZMerger(share={"stem": 1.0, "layer1.conv2": 0.5}).merge(networks, x)
+
+
+def test_every_built_network_is_checked_on_the_inputs() -> None:
+    """build_network (behind every merger) runs the result once and compares output shapes."""
+    from cut_plugin.checks import TransformCheckError
+    from pam_plugin.construction import Prepared, build_network
+
+    name = NAMES[0]
+    prepared = Prepared(networks_for(name, ("A", "B")), inputs_for(name))
+    assert set(prepared.output_shapes) == {"A", "B"}
+    build_network(prepared, {})  # the true shapes pass
+    prepared.output_shapes["A"] = torch.Size([1, 999])
+    with pytest.raises(TransformCheckError, match="merge: the resulting model's output 'A'"):
+        build_network(prepared, {})
