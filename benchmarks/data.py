@@ -337,6 +337,7 @@ DATASETS: dict[str, Callable[..., TaskData]] = {
     "class_split5": lambda source="mnist5k", **kw: class_split_tasks(source, groups=5, **kw),
     "celeba": lambda **kwargs: _load_celeba(**kwargs),
     "scenes": lambda **kwargs: _dense("scenes", **kwargs),
+    "scene_attributes": lambda **kwargs: _scene_attributes(**kwargs),
     "nyuv2": lambda **kwargs: _dense("nyuv2", **kwargs),
     "cityscapes": lambda **kwargs: _dense("cityscapes", **kwargs),
 }
@@ -346,6 +347,12 @@ def _dense(key: str, **kwargs: Any) -> TaskData:
     from benchmarks.dense import load_dense
 
     return load_dense(key, **kwargs)
+
+
+def _scene_attributes(**kwargs: Any) -> TaskData:
+    from benchmarks.attribute_data import scene_attribute_tasks
+
+    return scene_attribute_tasks(**kwargs)
 
 
 def _load_celeba(**kwargs: Any) -> TaskData:

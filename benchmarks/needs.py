@@ -107,7 +107,7 @@ def data_needs(key: str, kwargs: Mapping[str, Any] | None = None) -> list[Need]:
         if root is None:
             return []  # load_celeba raises its own error naming the missing argument
         return [Need("path", os.fspath(root), "CelebA", _ROOTS["celeba"][1])]
-    if key == "scenes":
+    if key in ("scenes", "scene_attributes"):
         return []  # generated in plain torch
     if key in ("nyuv2", "cityscapes"):
         root = kwargs.get("root")

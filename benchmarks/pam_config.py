@@ -10,9 +10,26 @@ from typing import Any
 from adapters.torch_pruning import PRUNED_GROUPS
 from cut_plugin.vocabulary import check_choice, check_int, check_number
 
-__all__ = ["PAM_GROUPINGS", "PAM_MTZ_VARIANTS", "PAM_PRUNERS", "PAM_SPLITS", "PAMSuiteConfig"]
+__all__ = [
+    "PAM_GROUPINGS",
+    "PAM_MODELS",
+    "PAM_MTZ_VARIANTS",
+    "PAM_PRUNERS",
+    "PAM_SPLITS",
+    "PAMSuiteConfig",
+]
 
-PAM_SPLITS: tuple[str, ...] = ("class_split", "class_split5")
+PAM_SPLITS: tuple[str, ...] = ("class_split", "class_split5", "scene_attributes")
+PAM_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "class_split": ("lenet5", {}),
+    "class_split5": ("lenet5", {}),
+    "scene_attributes": ("vgg", {"width": 8, "depth": 2, "stages": 2}),
+}
+"""Split → the single-task networks' zoo model and options (``benchmarks.models.build_model``).
+
+``scene_attributes``: four 3×3 conv-BN-ReLU (8, 8, max-pool, 16, 16 channels),
+global average pooling and a linear head: 1.7M MACs per 32×32 image.
+"""
 PAM_PRUNERS: tuple[str, ...] = ("taylor", "magnitude")
 PAM_GROUPINGS: tuple[str, ...] = ("paper", "subsets")
 PAM_SUMMARIES: tuple[str, ...] = ("max", "map")
@@ -48,6 +65,12 @@ class PAMSuiteConfig:
     ``mtz_variant``: ``"pam"`` (MTZ with PAM's wiring, the default) or
     ``"released"`` (the authors' ``W_inter`` wiring and fully-connected rule;
     ``MTZMerger``); :meth:`mtz_config` builds the merger's registry config.
+    ``attribute_images``: ``(train, test)`` images of the ``scene_attributes``
+    split (validation is carved from train); :meth:`data_options` gives a
+    split's ``load_data`` options, :data:`PAM_MODELS` its networks.
+    ``relative_thresholds``: when given, one more PAM column per grouping,
+    ``pam-<grouping>-relative`` (``PAMMerger(relevance="relative")``, relaxed
+    over these thresholds in turn, as α is over ``alpha_scales``).
     """
 
     splits: tuple[str, ...] = ("class_split",)
@@ -78,6 +101,8 @@ class PAMSuiteConfig:
     conv_summary: str = "max"
     delete_groups: bool = True
     mtz_variant: str = "pam"
+    attribute_images: tuple[int, int] = (6000, 2000)
+    relative_thresholds: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         options = {"splits": PAM_SPLITS, "pruners": PAM_PRUNERS, "groupings": PAM_GROUPINGS}
@@ -104,6 +129,15 @@ class PAMSuiteConfig:
         _check_tuple("seeds", self.seeds, partial(check_int, low=0))
         check_choice("conv_summary", self.conv_summary, PAM_SUMMARIES)
         check_choice("mtz_variant", self.mtz_variant, PAM_MTZ_VARIANTS)
+        if not isinstance(self.attribute_images, tuple) or len(self.attribute_images) != 2:
+            raise TypeError(
+                f"attribute_images must be (train, test) image counts, got {self.attribute_images!r}"
+            )
+        for count in self.attribute_images:
+            check_int("attribute_images entry", count, low=2)
+        if self.relative_thresholds != ():
+            _check_tuple("relative_thresholds", self.relative_thresholds,
+                         partial(check_number, low=0.0))  # fmt: skip
         if not isinstance(self.delete_groups, bool):
             raise TypeError(f"delete_groups must be a bool, got {self.delete_groups!r}")
         if not isinstance(self.cache_dir, str) or not self.cache_dir:
@@ -113,6 +147,29 @@ class PAMSuiteConfig:
         """The registry config of the MTZ merger at ``share``: ``{"merger": "mtz", "share": share, ...}``."""
         return {"merger": "mtz", "share": share, **MTZ_VARIANT_OPTIONS[self.mtz_variant]}
 
+    def data_options(self, split: str) -> dict[str, Any]:
+        """``load_data`` options of ``split`` beyond the seed (image counts, the scenes' cache)."""
+        if split != "scene_attributes":
+            return {}
+        train, test = self.attribute_images
+        return {"train": train, "test": test, "cache_dir": f"{self.cache_dir}/scenes"}
+
+    def pam_attempts(self) -> dict[str, list[tuple[dict[str, float], dict[str, Any]]]]:
+        """Per PAM column, its ``(setting, merger registry config)`` in the order they are tried."""
+        plans: dict[str, list[tuple[dict[str, float], dict[str, Any]]]] = {}
+        for grouping in self.groupings:
+            base = {"merger": "pam", "grouping": grouping, "summary": self.conv_summary}
+            alphas = [{"alpha_conv": self.alpha_conv * scale, "alpha_fc": self.alpha_fc * scale}
+                      for scale in self.alpha_scales]  # fmt: skip
+            plans[f"pam-{grouping}"] = [(a, {**base, **a}) for a in alphas]
+            if self.relative_thresholds:
+                plans[f"pam-{grouping}-relative"] = [
+                    ({"relative_threshold": t}, {**base, "relevance": "relative",
+                                                  "relative_threshold": t})
+                    for t in self.relative_thresholds
+                ]  # fmt: skip
+        return plans
+
     def methods(self) -> list[str]:
         """The table's columns for this config."""
-        return ["no-merge", "mtz", *(f"pam-{g}" for g in self.groupings)]
+        return ["no-merge", "mtz", *self.pam_attempts()]

@@ -36,8 +36,18 @@ METHOD_LABELS: dict[str, str] = {
     "mtz": "MTZ",
     "pam-paper": "PAM (paper)",
     "pam-subsets": "PAM (subsets)",
+    "pam-paper-relative": "PAM (paper, relative relevance)",
+    "pam-subsets-relative": "PAM (subsets, relative relevance)",
 }
 PAPER_RATIOS = "the paper: up to 4.87× vs no merging, 2.01× vs MTZ"
+MODEL_LABELS: dict[str, str] = {"lenet5": "LeNet-5", "vgg": "VGG-style network"}
+
+
+def _model(metrics: dict[str, Any], split: str) -> str:
+    """The single-task networks of ``split`` in words (results before ``models``: LeNet-5)."""
+    model = metrics.get("models", {}).get(split, {"name": "lenet5", "options": {}})
+    options = ", ".join(f"{k} {v}" for k, v in model["options"].items())
+    return MODEL_LABELS.get(model["name"], model["name"]) + (f" ({options})" if options else "")
 
 
 def _label(method: str) -> str:
@@ -72,6 +82,8 @@ def _spread(values: list[float], digits: int = 2, suffix: str = "×") -> str:
 def _setting(setting: dict[str, Any]) -> str:
     if "share" in setting:
         return f"share {setting['share']:g}"
+    if "relative_threshold" in setting:
+        return f"relative threshold {setting['relative_threshold']:g}"
     return f"α {setting['alpha_conv']:.3g} / {setting['alpha_fc']:.3g}"
 
 
@@ -110,7 +122,7 @@ def _render_one(metrics: dict[str, Any], entry: dict[str, Any], rows: list[dict[
     )
     intro = (
         f"#### {len(tasks)} tasks (`{split}`), {pruner} pruner, seeds {seeds}\n\n"
-        f"Single-task LeNet-5, test accuracy: {reference}. Pruned in steps of "
+        f"Single-task {_model(metrics, split)}, test accuracy: {reference}. Pruned in steps of "
         f"{100 * config['step_ratio']:.0f} % of the remaining channels, fine-tuned "
         f"{config['finetune_steps']} steps after each; kept: the last model with every task's "
         f"validation accuracy at most {config['accuracy_tolerance']:g} point(s) below its "

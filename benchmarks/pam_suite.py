@@ -1,8 +1,14 @@
-"""The PAM table: N single-task LeNet-5s merged (or not), pruned until accuracy would drop.
+"""The PAM table: N single-task networks merged (or not), pruned until accuracy would drop.
 
-Protocol (PAM, He et al. 2021, on MNIST-5k): tasks are disjoint digit groups
+Protocol (PAM, He et al. 2021): on MNIST-5k, tasks are disjoint digit groups
 (``class_split``: 0–4 / 5–9, the paper's Fashion-MNIST protocol;
-``class_split5``: five pairs), one LeNet-5 per task (cached). Per pruner
+``class_split5``: five pairs), one LeNet-5 per task; on ``scene_attributes``
+(the paper's CelebA/LFW shape: five correlated groups of binary attributes of
+the same scene images, :mod:`benchmarks.attribute_data`), one VGG-style
+4-conv network per group, trained on every image (``PAM_MODELS``; cached).
+Each task's loss is its data's (cross-entropy, or BCE-with-logits for a
+multi-label group), its accuracy that of ``benchmarks.training.evaluate``
+(top-1, or per label over the group's labels). Per pruner
 (Torch-Pruning's Taylor or magnitude importance), the columns are
 ``no-merge`` (each network pruned alone; a combination costs the sum of its
 networks), ``mtz`` (``MTZMerger``, then pruned) and ``pam-<grouping>``
@@ -59,18 +65,18 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from adapters.registry import build
 from benchmarks.data import IGNORE_INDEX, Split, TaskData, batches, load_data
 from benchmarks.needs import data_needs
-from benchmarks.pam_config import PAM_PRUNERS, PAM_SPLITS, PAMSuiteConfig
+from benchmarks.pam_config import PAM_MODELS, PAM_PRUNERS, PAM_SPLITS, PAMSuiteConfig
 from benchmarks.pam_render import pam_summaries, plot_pam, render_pam
 from benchmarks.pam_stats import pam_headline, summarize_table, total_cap
 from benchmarks.part import Part
 from benchmarks.training import evaluate, pretrained
+from cut_plugin.vocabulary import Loss
 from pam_plugin import (
     Cost,
     MergedNetwork,
@@ -84,16 +90,18 @@ from pam_plugin import (
 __all__ = ["PAM_PRUNERS", "PAM_SPLITS", "PART", "PAMSuiteConfig", "run_pam_suite", "total_cap"]
 
 
-def _task_loss(output: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy over the images of the task (0 when the batch holds none)."""
-    if bool((target == IGNORE_INDEX).all()):
+def _guarded(loss: Loss, output: Tensor, target: Tensor) -> Tensor:
+    """``loss`` (the data's, ``TaskData.losses``); 0 when the batch holds none of the task's images."""
+    if not target.is_floating_point() and bool((target == IGNORE_INDEX).all()):
         return output.sum() * 0.0
-    return F.cross_entropy(output, target, ignore_index=IGNORE_INDEX)
+    return loss(output, target)
 
 
 def _own(split: Split, task: str) -> Split:
-    """The rows of ``split`` that belong to ``task``, with only its target."""
-    return split.select(torch.nonzero(split.targets[task] != IGNORE_INDEX).flatten(), [task])
+    """The rows of ``split`` that belong to ``task`` (every row for 0/1 labels), only its target."""
+    target = split.targets[task]
+    keep = torch.ones(len(split), dtype=torch.bool) if target.dim() > 1 else target != IGNORE_INDEX
+    return split.select(torch.nonzero(keep).flatten(), [task])
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +115,7 @@ class _Context:
     merge_labels: dict[str, Tensor]
     networks: dict[str, nn.Module]
     reference: dict[str, float]
+    losses: dict[str, Loss]
     config: PAMSuiteConfig
     seed: int
 
@@ -132,7 +141,7 @@ class _Context:
     def retrain(self, model: MergedNetwork, steps: int, seed: int) -> MergedNetwork:
         """``model`` after ``steps`` of joint retraining, in place (no-op for 0 steps)."""
         if steps:
-            losses = dict.fromkeys(model.tasks, _task_loss)
+            losses = {t: self.losses[t] for t in model.tasks}
             stream = self.stream(model.tasks, seed)
             retrain(model, stream, losses, max_steps=steps, lr=self.config.lr, inplace=True,
                     progress=False)  # fmt: skip
@@ -141,15 +150,16 @@ class _Context:
 
 def _prepare(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> _Context:
     """Load ``key``, hold out validation images, train (or load) the single-task networks."""
-    full = load_data(key, seed=seed)
+    full = load_data(key, seed=seed, **config.data_options(key))
     order = torch.randperm(len(full.train), generator=torch.Generator().manual_seed(seed + 1))
     held = round(config.validation_fraction * len(order))
     validation, train = full.train.select(order[:held]), full.train.select(order[held:])
     data_config = {**full.config, "validation_fraction": config.validation_fraction}
     data = TaskData(full.name, train, full.test, full.num_classes, full.task_types, data_config)
+    model, options = PAM_MODELS[key]
     networks = {
         t: pretrained(
-            "lenet5", data, seed=seed, task=t, epochs=config.pretrain_epochs,
+            model, data, seed=seed, task=t, model_kwargs=options, epochs=config.pretrain_epochs,
             batch_size=config.batch_size, cache_dir=config.cache_dir, progress=progress,
         )
         for t in data.task_names
@@ -159,9 +169,8 @@ def _prepare(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> _Co
     merge = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 2))
     merge = merge[: config.merge_samples]
     labels = {t: train.targets[t][merge] for t in data.task_names}
-    return _Context(
-        key, data, validation, train.inputs[merge], labels, networks, reference, config, seed
-    )
+    return _Context(key, data, validation, train.inputs[merge], labels, networks, reference,
+                    {t: partial(_guarded, f) for t, f in data.losses().items()}, config, seed)  # fmt: skip
 
 
 Attempt = tuple[dict[str, Any], Callable[[], MergedNetwork]]
@@ -207,14 +216,11 @@ def _candidates(ctx: _Context) -> tuple[dict[str, dict[str, MergedNetwork]], dic
             for s in config.mtz_shares
         ]
     }
-    for grouping in config.groupings:
-        plans[f"pam-{grouping}"] = []
-        for scale in config.alpha_scales:
-            alphas = {"alpha_conv": config.alpha_conv * scale, "alpha_fc": config.alpha_fc * scale}
-            merger = build({"merger": "pam", **alphas, "grouping": grouping,
-                            "summary": config.conv_summary})  # fmt: skip
-            merge = partial(merger.merge, networks, example, ctx.merge_labels)
-            plans[f"pam-{grouping}"].append((alphas, merge))
+    for method, attempts in config.pam_attempts().items():
+        plans[method] = [
+            (setting, partial(build(merger).merge, networks, example, ctx.merge_labels))
+            for setting, merger in attempts
+        ]
     merges: dict[str, dict] = {}
     for method, attempts in plans.items():
         merged, merges[method] = _relaxed(ctx, attempts)
@@ -234,7 +240,7 @@ def _prune_until(
         grad_batches = batches(ctx.train_split(tasks), config.batch_size, seed=ctx.seed + 3)
         gradients = {
             "data": list(itertools.islice(grad_batches, config.importance_batches)),
-            "losses": dict.fromkeys(tasks, _task_loss),
+            "losses": {t: ctx.losses[t] for t in tasks},
         }
     accuracy = ctx.accuracy(model, ctx.validation)
     macs = network_cost(model, example[:1]).macs
@@ -343,7 +349,8 @@ def run_pam_suite(
     kept, accuracies, group sizes, deleted groups, per-step history);
     ``summary``, one per split × seed × pruner (total MACs over all
     combinations, before and after pruning, their ratios and caps, the best
-    combination's ratio). Seeds are JSON keys, so strings.
+    combination's ratio); ``models`` ``{split: {"name", "options"}}``, the
+    single-task networks. Seeds are JSON keys, so strings.
     """
     if not isinstance(config, PAMSuiteConfig):
         raise TypeError(f"config must be a PAMSuiteConfig, got {type(config).__name__}")
@@ -367,6 +374,9 @@ def run_pam_suite(
         "rows": [r for p in parts.values() for r in p["rows"]],
         "runs": [r for p in parts.values() for r in p["runs"]],
         "summary": [s for p in parts.values() for s in p["summary"]],
+        "models": {
+            k: {"name": PAM_MODELS[k][0], "options": PAM_MODELS[k][1]} for k in config.splits
+        },
     }
 
 

@@ -18,6 +18,7 @@ from pam_plugin.merged import MergedNetwork
 from pam_plugin.mtz import MTZMerger, MTZResult, zip_costs
 from pam_plugin.mtz_finetuning import MTZFinetuning
 from pam_plugin.pam import PAM_PRESETS, PAMMerger
+from pam_plugin.relevance import neuron_relevance
 from pam_plugin.search import irrelevant_path, irrelevant_set
 from pam_plugin.tracing import parse_architecture
 from pam_plugin.training import retrain
@@ -44,6 +45,7 @@ __all__ = [
     "label_entropy",
     "mutual_information",
     "network_cost",
+    "neuron_relevance",
     "parse_architecture",
     "relevance_groups",
     "retrain",

@@ -38,6 +38,15 @@ Implementation notes (deviations from the authors' TensorFlow code):
 - A layer whose merge drops more than ``max_dropped`` of its pooled neurons
   (irrelevant to every task) warns, or raises with ``on_dropped="raise"``,
   naming the largest α that would drop at most that fraction.
+- ``relevance="relative"`` (beyond the paper, ``pam_plugin.relevance``):
+  each neuron is measured alone on its own scale and is relevant to a task
+  when it is at least ``relative_threshold`` times as informative about it
+  as the task's own network's neurons are at that layer; a neuron always
+  stays relevant to its own task (nothing is dropped), and a group no group
+  of the next layer would read is widened until one does (``keep_reachable``).
+  The paper's set rule
+  saturates on correlated tasks (every varying neuron looks relevant to
+  every task), this one does not; α and ``max_dropped`` are then unused.
 - Labels are class indices (or multi-label 0/1) as given; the official code
   uses one-vs-rest ±1 per binary attribute, MI summed over a task's labels.
 - One network (N = 1): there is nothing to merge; the result computes it
@@ -68,6 +77,7 @@ from pam_plugin.construction import Assignment, Prepared, build_network, space_o
 from pam_plugin.grouping import GROUPINGS, Grouping, GroupKey, Neuron, relevance_groups
 from pam_plugin.information import check_labels, check_sigma2
 from pam_plugin.merged import MergedNetwork
+from pam_plugin.relevance import keep_reachable, relative_irrelevant
 from pam_plugin.search import MAX_MEMORY, irrelevant_path
 
 __all__ = ["PAM_PRESETS", "PAMMerger"]
@@ -75,6 +85,8 @@ __all__ = ["PAM_PRESETS", "PAMMerger"]
 Unmerged = Literal["exclusive", "shared"]
 UNMERGED: tuple[Unmerged, ...] = ("exclusive", "shared")
 OnDropped = Literal["warn", "raise"]
+Relevance = Literal["set", "relative"]
+RELEVANCES: tuple[Relevance, ...] = ("set", "relative")
 
 PAM_PRESETS: dict[str, dict[str, Any]] = {
     # LeNet-5 (Fashion-MNIST 0–4 / 5–9): every hidden layer at α 0.2 / 0.15
@@ -120,6 +132,11 @@ class PAMMerger:
             may drop (irrelevant to every task) before it warns or raises;
             ``None``: no check.
         on_dropped: ``"warn"`` or ``"raise"`` (``ValueError``) past ``max_dropped``.
+        relevance: ``"set"`` (the paper's greedy irrelevant sets at α) or
+            ``"relative"`` (each neuron alone, against the task's own network's
+            neurons at the layer; ``pam_plugin.relevance``).
+        relative_threshold: with ``relevance="relative"``, the fraction of the
+            task's own neurons' mean relevance a neuron needs to be relevant to it.
     """
 
     alpha_conv: float = 0.01
@@ -133,6 +150,8 @@ class PAMMerger:
     unmerged: Unmerged = "exclusive"
     max_dropped: float | None = 0.5
     on_dropped: OnDropped = "warn"
+    relevance: Relevance = "set"
+    relative_threshold: float = 0.5
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> PAMMerger:
@@ -154,6 +173,8 @@ class PAMMerger:
         check_choice("summary", self.summary, SUMMARIES)
         check_choice("unmerged", self.unmerged, UNMERGED)
         check_choice("on_dropped", self.on_dropped, ("warn", "raise"))
+        check_choice("relevance", self.relevance, RELEVANCES)
+        check_number("relative_threshold", self.relative_threshold, low=0.0)
         if self.max_dropped is not None:
             check_number("max_dropped", self.max_dropped, low=0.0, high=1.0)
         if isinstance(self.layers, slice):
@@ -227,19 +248,33 @@ class PAMMerger:
         raw = {t: gather_samples(raw[t]) for t in tasks}
         for space in spaces:
             pooled = torch.cat([activations[t][space.index] for t in tasks], dim=1)  # (B, N·d, k)
-            alpha = self.alpha_conv if space.layer_type == "conv" else self.alpha_fc
-            paths = {
-                t: irrelevant_path(
-                    pooled, raw[t], alpha=alpha, sigma2=self.sigma2, max_memory=self.max_memory
+            if self.relevance == "relative":
+                irrelevant = relative_irrelevant(
+                    pooled, raw, tasks, threshold=self.relative_threshold, sigma2=self.sigma2
                 )
-                for t in tasks
-            }
-            irrelevant = {t: paths[t][0] for t in tasks}
-            self._check_dropped(space, irrelevant, paths, alpha, len(tasks))
+            else:
+                irrelevant = self._irrelevant_sets(space, pooled, raw, tasks)
             assignment[space.index] = relevance_groups(
                 irrelevant, space.size, tasks, grouping=self.grouping
             )
+        if self.relevance == "relative":
+            return keep_reachable(prepared, assignment, grouping=self.grouping)
         return assignment
+
+    def _irrelevant_sets(
+        self, space: Space, pooled: Tensor, labels: Mapping[str, Tensor], tasks: Sequence[str]
+    ) -> dict[str, list[int]]:
+        """The paper's greedy irrelevant set per task at the layer's α (checked for drops)."""
+        alpha = self.alpha_conv if space.layer_type == "conv" else self.alpha_fc
+        paths = {
+            t: irrelevant_path(
+                pooled, labels[t], alpha=alpha, sigma2=self.sigma2, max_memory=self.max_memory
+            )
+            for t in tasks
+        }
+        irrelevant = {t: paths[t][0] for t in tasks}
+        self._check_dropped(space, irrelevant, paths, alpha, len(tasks))
+        return irrelevant
 
     def _check_dropped(
         self,
@@ -268,7 +303,7 @@ class PAMMerger:
         )
         if self.on_dropped == "raise":
             raise ValueError(message)
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warnings.warn(message, UserWarning, stacklevel=5)
 
     def _selected_spaces(self, prepared: Prepared) -> list[Space]:
         hidden = prepared.architecture.hidden_spaces

@@ -5,11 +5,14 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmarks.attribute_data import ATTRIBUTE_GROUPS, scene_attribute_tasks
+from benchmarks.data import DATASETS
 from benchmarks.pam_render import pam_headline, pam_summaries, plot_pam, render_pam
 from benchmarks.pam_suite import PART, PAMSuiteConfig, run_pam_suite, total_cap
 
@@ -155,6 +158,42 @@ def test_five_tasks_give_every_combination(tmp_path: Path) -> None:
     assert all(r["deleted_groups"] == [] for r in result["runs"] if r["method"] == "no-merge")
 
 
+def test_scene_attributes_merge_prune_and_report_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two of the five groups: 3 combinations (31 cost 30 s in MergedNetwork.for_tasks copies)
+    groups = {"warm": ATTRIBUTE_GROUPS["warm"], "count": ATTRIBUTE_GROUPS["count"]}
+    monkeypatch.setitem(DATASETS, "scene_attributes", partial(scene_attribute_tasks, groups=groups))
+    options = {**TINY, "pruners": ("taylor",), "groupings": ("paper",), "max_pruning_steps": 1,
+               "pretrain_epochs": 1, "batch_size": 16, "merge_samples": 16,
+               "alpha_conv": 0.2, "alpha_fc": 0.15}  # α 0.2 fails on 16 images, α·0.002 merges  # fmt: skip
+    config = PAMSuiteConfig(**options, splits=("scene_attributes",), attribute_images=(40, 12),
+                            validation_fraction=0.25, cache_dir=str(tmp_path))  # fmt: skip
+    result = run_pam_suite(config, progress=False)
+    assert result["models"] == {
+        "scene_attributes": {"name": "vgg", "options": {"width": 8, "depth": 2, "stages": 2}}
+    }
+    assert sorted(tmp_path.glob("scenes/scene-attributes-*.pt"))  # the images are cached
+    single = result["single_task_accuracy"]["scene_attributes"]["0"]
+    assert set(single["validation"]) == set(single["test"]) == set(groups)
+    for method in ("no-merge", "mtz", "pam-paper"):
+        rows = [r for r in result["rows"] if r["method"] == method]
+        assert [r["tasks"] for r in rows] == [["warm"], ["count"], ["warm", "count"]]
+        assert all(0.0 <= a <= 1.0 for r in rows for a in r["accuracy"].values())
+    runs = result["runs"]
+    assert len(runs) == 2 + 2 and all(r["steps"] == 1 for r in runs)
+    assert all(r["macs"] < r["unpruned_macs"] for r in runs)
+    # a single network: four 3×3 convs at 32 px (8, 8, pool, 16, 16) and a linear head to 3 labels
+    convs = 32 * 32 * 9 * (3 * 8 + 8 * 8) + 16 * 16 * 9 * (8 * 16 + 16 * 16)
+    assert {r["unpruned_macs"] for r in runs if r["method"] == "no-merge"} == {convs + 16 * 3}
+    entries = PART.headline(result)
+    assert {"pam.best_combination.vs_no_merge", "pam.total.vs_mtz"} <= {e["id"] for e in entries}
+    assert all(e["setting"]["data"] == "scene_attributes" for e in entries)
+    text = render_pam(result)
+    assert "Single-task VGG-style network (width 8, depth 2, stages 2)" in text
+    assert "| warm + count |" in text
+
+
 BAD_CONFIGS: list[tuple[str, Any, type[Exception]]] = [
     ("splits", ("mnist",), ValueError),
     ("splits", "class_split", TypeError),
@@ -179,6 +218,8 @@ BAD_CONFIGS: list[tuple[str, Any, type[Exception]]] = [
     ("seeds", (0, 0), ValueError),
     ("conv_summary", "mean", ValueError),
     ("delete_groups", 1, TypeError),
+    ("attribute_images", (100,), TypeError),
+    ("attribute_images", (100, 1), ValueError),
 ]
 
 
