@@ -167,6 +167,10 @@ CUT_METHODS: dict[str, Method] = {
         "cut", framework="torch_pruning", rule="vote", criterion="magnitude"
     ),
     "cut-fisher": registered("cut", framework="torch_pruning", rule="vote", criterion="fisher"),
+    # Opt-in channel criterion: Σ_b|Σ a·∂L_t/∂a| per output channel, no weight gradient.
+    "cut-activation": registered(
+        "cut", framework="torch_pruning", rule="vote", criterion="activation"
+    ),
     "disparse": registered("disparse", framework="torch_pruning"),
     "disparse-pretrained": registered("disparse", framework="torch_pruning", criterion="magnitude"),
     "cut-weight": registered("cut", framework="torch_pruning", rule="vote", granularity="weight"),

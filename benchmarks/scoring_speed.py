@@ -12,6 +12,13 @@ with gradients for the conv/linear weights only, the loop with gradients for the
 conv/linear *outputs* only (no weight gradient at all: what channel scores from
 activation gradients would cost), and the forward passes alone.
 
+``scoring.channel_time_ratio``: the opt-in channel criterion (``criterion=
+"activation"``, ``cut_plugin.score_channels``: activation gradients only) against
+the plain loop on the same batches, in the same run: on this ResNet (the first
+``channel_batches`` batches) and, with the probes (``channel_aspp``), on the ASPP
+model below; see
+``benchmarks/scoring_channels.py``. Goal <= 0.6.
+
 ``masks.time_ratio``: ``cut_masks`` (calibrated vote) over ``score_tasks`` on a
 ResNet-34-layout backbone (blocks 3, 4, 6, 3) with three ASPP-style heads,
 defined here (random inputs and dense targets: the timings do not depend on the
@@ -31,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from benchmarks.data import batches, load_data
@@ -41,6 +48,19 @@ from benchmarks.measure import peak_memory, timed
 from benchmarks.models import build_model
 from benchmarks.needs import data_needs
 from benchmarks.part import Part
+from benchmarks.scoring_channels import (
+    CHANNEL_HEADER,
+    channel_headline,
+    channel_rows,
+    channel_summary,
+    measure_pair,
+)
+from benchmarks.scoring_loops import (
+    activations_only_loop,
+    forward_only,
+    plain_loop,
+    weights_only_loop,
+)
 from cut_plugin import cut_masks, score_tasks
 
 __all__ = [
@@ -52,8 +72,6 @@ __all__ = [
     "scoring_headline",
     "scoring_summaries",
 ]
-
-PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,8 @@ class ScoringConfig:
     repeats: int = 3
     threads: int = 2
     probes: bool = True
+    channel_batches: int = 1  # the channel criterion timed on this many of the batches (0: off)
+    channel_aspp: bool = True  # and against the plain loop on the ASPP model (with probes)
     masks_width: int = 16
     masks_blocks: tuple[int, ...] = (3, 4, 6, 3)
     masks_head_width: int = 32
@@ -110,56 +130,6 @@ def _aspp_data(config: ScoringConfig, seed: int) -> tuple[list, dict[str, Callab
     return data, {"seg": nn.CrossEntropyLoss(), "depth": nn.L1Loss(), "normal": nn.MSELoss()}
 
 
-def _gradient_loop(model: nn.Module, data: list, losses: dict, params: list[Tensor]) -> None:
-    """1 forward + T backward per batch, the gradients of ``params`` only."""
-    for inputs, targets in data:
-        outputs = model(inputs)
-        tasks = list(losses)
-        for i, task in enumerate(tasks):
-            loss = losses[task](outputs[task], targets[task])
-            torch.autograd.grad(loss, params, retain_graph=i < len(tasks) - 1, allow_unused=True)
-
-
-def _plain_loop(model: nn.Module, data: list, losses: dict) -> None:
-    model.eval()
-    _gradient_loop(model, data, losses, [p for p in model.parameters() if p.requires_grad])
-
-
-def _weights_only_loop(model: nn.Module, data: list, losses: dict) -> None:
-    """The plain loop, gradients for the conv/linear weights only (what element scores need)."""
-    _gradient_loop(
-        model, data, losses, [m.weight for m in model.modules() if isinstance(m, PRUNABLE)]
-    )
-
-
-def _activations_only_loop(model: nn.Module, data: list, losses: dict) -> None:
-    """The plain loop, gradients for the conv/linear outputs only (no weight gradient at all)."""
-    for inputs, targets in data:
-        outputs_of: list[Tensor] = []
-        hooks = [
-            m.register_forward_hook(lambda _m, _i, out, kept=outputs_of: kept.append(out))
-            for m in model.modules()
-            if isinstance(m, PRUNABLE)
-        ]
-        try:
-            outputs = model(inputs)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        tasks = list(losses)
-        for i, task in enumerate(tasks):
-            loss = losses[task](outputs[task], targets[task])
-            torch.autograd.grad(
-                loss, outputs_of, retain_graph=i < len(tasks) - 1, allow_unused=True
-            )
-
-
-def _forward_only(model: nn.Module, data: list, losses: dict) -> None:
-    with torch.enable_grad():
-        for inputs, _ in data:
-            model(inputs)
-
-
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2]
@@ -177,14 +147,23 @@ def _measure_scoring(config: ScoringConfig, seed: int, progress: bool) -> dict[s
     probes: dict[str, Callable[[nn.Module, list, dict], None]] = {}
     if config.probes:
         probes = {
-            "weights_only": _weights_only_loop,
-            "activations_only": _activations_only_loop,
-            "forward_only": _forward_only,
+            "weights_only": weights_only_loop,
+            "activations_only": activations_only_loop,
+            "forward_only": forward_only,
         }
     for name in probes:
         runs[name] = []
+    few = data_batches[: config.channel_batches]
+    paired: list[float] = []
+    channel_runs: list[float] = []
     for _ in tqdm(range(config.repeats), desc="scoring", unit="repeat", disable=not progress):
-        runs["plain_loop"].append(peak_memory(lambda: _plain_loop(model, data_batches, losses)))
+        runs["plain_loop"].append(peak_memory(lambda: plain_loop(model, data_batches, losses)))
+        if few:  # the loop again on the channel criterion's batches, paired with it
+            loop_seconds, channel_seconds = measure_pair(
+                1, lambda: plain_loop(model, few, losses), model, few, losses
+            )
+            paired += loop_seconds
+            channel_runs += channel_seconds
         runs["score_tasks"].append(
             peak_memory(lambda: score_tasks(model, data_batches, losses, progress=False))
         )
@@ -202,6 +181,10 @@ def _measure_scoring(config: ScoringConfig, seed: int, progress: bool) -> dict[s
         summary["score_tasks"]["peak_mib"] / loop["peak_mib"] if loop["peak_mib"] > 0 else None
     )
     summary["probe_ratios"] = {name: summary[name]["seconds"] / loop["seconds"] for name in probes}
+    if channel_runs:
+        summary["channel"] = channel_summary(
+            paired, channel_runs, loop_batches=len(few), channel_batches=len(few)
+        )
     return summary
 
 
@@ -220,14 +203,26 @@ def _measure_masks(config: ScoringConfig, seed: int, progress: bool) -> dict[str
                 functools.partial(cut_masks, model, scores, pruning_ratio=config.masks_ratio)
             )
             mask_seconds.append(seconds)
+    loops, channels = (
+        measure_pair(
+            config.masks_repeats, lambda: plain_loop(model, data, losses), model, data, losses
+        )
+        if config.probes and config.channel_aspp
+        else ([], [])
+    )
     score_time, mask_time = _median(score_seconds), _median(mask_seconds)
-    return {
+    result = {
         "params": sum(p.numel() for p in model.parameters()),
         "tasks": list(losses),
         "score_tasks_seconds": score_time,
         "cut_masks_seconds": mask_time,
         "time_ratio": mask_time / score_time,
     }
+    if channels:
+        result["channel"] = channel_summary(
+            loops, channels, loop_batches=len(data), channel_batches=len(data)
+        )
+    return result
 
 
 def run_scoring_speed(
@@ -276,6 +271,13 @@ def render_scoring(scoring: dict[str, Any]) -> str:
         )
     text = table(["", "time (s)", "peak RSS growth (MiB)", "time ÷ loop"], rows)
     masks = scoring.get("masks")
+    channel = [
+        *(channel_rows(scoring["channel"], "benchmark ResNet") if "channel" in scoring else []),
+        *(channel_rows(masks["channel"], "ResNet-34 + 3 ASPP") if masks and "channel" in masks
+          else []),
+    ]  # fmt: skip
+    if channel:
+        text += "\n\n" + table(CHANNEL_HEADER, channel)
     if masks:
         text += "\n\n" + table(
             [
@@ -307,6 +309,11 @@ def scoring_summaries(scoring: dict[str, Any]) -> list[str]:
     ]
     if scoring.get("masks"):
         lines.append(f"cut_masks vs score_tasks: time ×{scoring['masks']['time_ratio']:.2f}")
+    for where, part in (("ResNet", scoring), ("ASPP", scoring.get("masks") or {})):
+        if "channel" in part:
+            lines.append(
+                f"channel criterion vs plain loop ({where}): time ×{part['channel']['time_ratio']:.2f}"
+            )
     return lines
 
 
@@ -342,6 +349,8 @@ def scoring_headline(scoring: dict[str, Any]) -> list[dict[str, Any]]:
                 "goal": "<= 1.3",
             }
         )
+    if "channel" in scoring:
+        entries.append(channel_headline(scoring["channel"], {**setting, "baseline": None}))
     masks = scoring.get("masks")
     if masks:
         entries.append(
@@ -366,6 +375,13 @@ def scoring_headline(scoring: dict[str, Any]) -> list[dict[str, Any]]:
                 "goal": "<= 0.25",
             }
         )
+    if masks and "channel" in masks:
+        aspp = {"model": "resnet34-layout + 3 ASPP heads", "width": config["masks_width"],
+                "blocks": list(config["masks_blocks"]), "head_width": config["masks_head_width"],
+                "params": masks["params"], "input_size": config["masks_input_size"],
+                "batch_size": config["masks_batch_size"], "tasks": masks["tasks"],
+                "threads": config["threads"]}  # fmt: skip
+        entries.append(channel_headline(masks["channel"], aspp))
     return entries
 
 

@@ -12,6 +12,10 @@ Criteria (per element of every parameter a task uses):
 - ``fisher``: ``½ w² Σ_b (∂L_t^b/∂w)²`` — the loss increase of removing ``w`` under
   the empirical-Fisher diagonal (Theis et al. 2018)
 
+``activation`` (opt-in, structured path only) scores output channels from
+activation gradients instead (:mod:`cut_plugin.channel_scoring`); ``score_tasks``
+rejects it with the fix.
+
 Implementation notes:
 - One forward per batch and one backward per selected task, through
   ``torch.autograd.grad``, so ``.grad`` is never touched.
@@ -49,15 +53,42 @@ from cut_plugin.vocabulary import (
     scalar_loss,
 )
 
-__all__ = ["CRITERIA", "Criterion", "TaskScores", "score_tasks"]
+__all__ = [
+    "CHANNEL_CRITERIA",
+    "CRITERIA",
+    "ChannelCriterion",
+    "Criterion",
+    "ElementCriterion",
+    "TaskScores",
+    "all_reduce_scores",
+    "score_tasks",
+]
 
-Criterion = Literal["taylor", "magnitude", "fisher"]
-CRITERIA: tuple[str, ...] = get_args(Criterion)
+ElementCriterion = Literal["taylor", "magnitude", "fisher"]
+ChannelCriterion = Literal["activation"]
+Criterion = Literal[ElementCriterion, ChannelCriterion]
+CRITERIA: tuple[str, ...] = get_args(ElementCriterion)
+"""The element criteria (``score_tasks``)."""
+CHANNEL_CRITERIA: tuple[str, ...] = get_args(ChannelCriterion)
+"""The channel criteria (:func:`cut_plugin.channel_scoring.score_channels`): structured path only."""
 TaskScores = dict[str, dict[str, Tensor]]
 
 
 def check_criterion(criterion: Any) -> str:
-    """Return ``criterion`` if it is one of CRITERIA, else raise naming the choices."""
+    """Return ``criterion`` if it is an element or a channel criterion, else raise naming them."""
+    return check_choice("criterion", criterion, CRITERIA + CHANNEL_CRITERIA)
+
+
+def check_element_criterion(criterion: Any, *, route: str = "score_tasks") -> str:
+    """Return an element criterion; a channel criterion raises naming ``route`` and the fix."""
+    if criterion in CHANNEL_CRITERIA:
+        raise ValueError(
+            f"criterion {criterion!r} scores output channels (from activation gradients), not "
+            f"single weights, so {route}, which needs element scores, cannot use it; use one of "
+            f"{list(CRITERIA)} there, or prune channels with Torch-Pruning "
+            "(adapters.torch_pruning.cut_prune(granularity='channel'), CUTPruner, CUTImportance), "
+            "which take criterion='activation'"
+        )
     return check_choice("criterion", criterion, CRITERIA)
 
 
@@ -82,14 +113,16 @@ def score_tasks(
         losses: ``{task: loss_fn(output, target) -> scalar}``; each task is scored
             by its own unweighted loss only.
         tasks: the tasks to score (default: every task the model returns).
-        criterion: ``"taylor"`` (CUT), ``"magnitude"`` or ``"fisher"``.
+        criterion: ``"taylor"`` (CUT), ``"magnitude"`` or ``"fisher"``. (``"activation"``
+            scores channels, not elements: :func:`cut_plugin.channel_scoring.score_channels`;
+            here it raises.)
         max_batches: stop after this many batches (the paper uses ~50).
         progress: show a progress bar.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     model = unwrap_model(model, operation="score_tasks")
-    criterion = check_criterion(criterion)  # type: ignore[assignment]
+    criterion = check_element_criterion(criterion)  # type: ignore[assignment]
     if tasks is not None:
         tasks = check_tasks(tasks)
         check_losses(losses, tasks)
@@ -127,13 +160,13 @@ def score_tasks(
             if criterion == "magnitude":
                 break  # one batch tells which parameters each task uses
     if criterion != "magnitude":
-        _all_reduce(scores)
+        all_reduce_scores(scores)
     return {
         task: _finish(task_scores, dict(named), criterion) for task, task_scores in scores.items()
     }
 
 
-def _all_reduce(scores: TaskScores) -> None:
+def all_reduce_scores(scores: TaskScores) -> None:
     """Sum the accumulators over the ranks of an initialised ``torch.distributed`` process group.
 
     Each rank scores its own shard of the data; the sum equals scoring all shards

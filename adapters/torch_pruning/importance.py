@@ -16,8 +16,10 @@ from torch import Tensor, nn
 from adapters.torch_pruning.compaction import IN_HANDLERS, OUT_HANDLERS
 from adapters.torch_pruning.protection import output_layers
 from cut_plugin import score_tasks
+from cut_plugin.channel_scoring import channel_layers, output_width, score_channels
 from cut_plugin.config import CUTConfig, resolve_config
 from cut_plugin.fusion import check_keep_ratio, rank_channels
+from cut_plugin.scoring import CHANNEL_CRITERIA
 from cut_plugin.vocabulary import Inputs, Loss, check_losses, check_tasks
 
 __all__ = ["CUTImportance"]
@@ -34,6 +36,11 @@ class CUTImportance(tp.importance.Importance):
     that use the group (:func:`cut_plugin.rank_channels`): with ``rule="vote"`` a
     channel kept by fewer than ``votes`` tasks (each keeping its top
     ``keep_ratio``) ranks below every channel kept by ``votes`` or more.
+
+    ``criterion="activation"`` (opt-in, approximate, no weight gradient) scores channels
+    (:func:`cut_plugin.channel_scoring.score_channels`, ``{task: {module_name:
+    Tensor(out_channels,)}}``); a group's channel scores the sum over the conv/linear
+    layers whose *output* channels the group prunes (several in a residual group).
 
     Use ``estimate(model, batches)`` (or ``accumulate`` per batch) before pruning;
     scores are keyed by parameter name, so two ``accumulate`` calls add up.
@@ -111,6 +118,21 @@ class CUTImportance(tp.importance.Importance):
         self.head_keep: dict[nn.Module, int] = {}
         self._slots: dict[tuple[int, str], str] = {}
         self._outputs: dict[int, tuple[str, str]] = {}
+        self._layers: dict[int, str] = {}
+
+    @property
+    def channel_mode(self) -> bool:
+        """True when the criterion scores channels (``activation``), not elements."""
+        return self.config.criterion in CHANNEL_CRITERIA
+
+    def _score(
+        self, model: nn.Module, batches: Any, **options: Any
+    ) -> dict[str, dict[str, Tensor]]:
+        """The config's criterion on ``batches``: element scores, or channel scores."""
+        common = {"tasks": self.tasks, "task_names": self.task_names, "progress": False, **options}
+        if self.channel_mode:
+            return score_channels(model, batches, self.losses, **common)
+        return score_tasks(model, batches, self.losses, criterion=self.config.criterion, **common)
 
     def reset(self) -> None:
         """Forget every accumulated score."""
@@ -135,6 +157,7 @@ class CUTImportance(tp.importance.Importance):
             for attr, p in m.named_parameters(recurse=False)
             if id(p) in names
         }
+        self._layers = {id(m): n for n, m in channel_layers(model).items()}
         if inputs is not None:
             modules = {id(m): n for n, m in model.named_modules()}
             found = output_layers(model, inputs, task_names=self.task_names)
@@ -142,15 +165,7 @@ class CUTImportance(tp.importance.Importance):
 
     def accumulate(self, model: nn.Module, inputs: Inputs, targets: Mapping[str, Tensor]) -> None:
         """Add one batch's per-task scores to the accumulated ones."""
-        batch = score_tasks(
-            model,
-            [(inputs, targets)],
-            self.losses,
-            tasks=self.tasks,
-            criterion=self.config.criterion,
-            progress=False,
-            task_names=self.task_names,
-        )
+        batch = self._score(model, [(inputs, targets)])
         self._bind(model, inputs)
         for task, scores in batch.items():
             acc = self.scores.setdefault(task, {})
@@ -172,17 +187,13 @@ class CUTImportance(tp.importance.Importance):
                     first.append(batch[0])
                 yield batch
 
-        self.scores = score_tasks(
+        self.scores = self._score(
             model,
             tap(batches)
             if isinstance(batches, Iterable) and not isinstance(batches, Tensor)
             else batches,
-            self.losses,
-            tasks=self.tasks,
-            criterion=self.config.criterion,
             max_batches=max_batches,
             progress=self.progress,
-            task_names=self.task_names,
         )
         self._bind(model, first[0] if first else None)
 
@@ -202,13 +213,15 @@ class CUTImportance(tp.importance.Importance):
                 f"result), got {got}"
             )
         scores = {task: scores[task] for task in self.tasks}
-        params = dict(model.named_parameters())
+        shapes = self._shapes(model)
+        kind = "layer's output channels" if self.channel_mode else "parameter"
         for task, per_param in scores.items():
             for name, value in per_param.items():
-                if name not in params or params[name].shape != value.shape:
+                if shapes.get(name) != value.shape:
                     raise ValueError(
-                        f"scores[{task!r}][{name!r}] does not match this model's parameter "
-                        f"(shape {tuple(value.shape)}): score the model being pruned, not another"
+                        f"scores[{task!r}][{name!r}] does not match this model's {kind} (shape "
+                        f"{tuple(value.shape)}): score the model being pruned, not another, with "
+                        f"the criterion {self.config.criterion!r}"
                     )
         self.scores = {t: {n: v.detach().clone() for n, v in s.items()} for t, s in scores.items()}
         self._bind(model, inputs)
@@ -217,12 +230,18 @@ class CUTImportance(tp.importance.Importance):
         """True when no scores exist or they no longer match ``model``'s parameters' shapes."""
         if not self.scores:
             return True
-        params = dict(model.named_parameters())
+        shapes = self._shapes(model)
         return any(
-            name not in params or params[name].shape != value.shape
+            shapes.get(name) != value.shape
             for scores in self.scores.values()
             for name, value in scores.items()
         )
+
+    def _shapes(self, model: nn.Module) -> dict[str, torch.Size]:
+        """What the scores' shapes must be: per parameter, or per layer's output channels."""
+        if self.channel_mode:
+            return {n: torch.Size([output_width(m)]) for n, m in channel_layers(model).items()}
+        return {name: p.shape for name, p in model.named_parameters()}
 
     def _layer_scores(self, task: str, layer: nn.Module, attr: str) -> Tensor | None:
         param = getattr(layer, attr, None)
@@ -240,6 +259,8 @@ class CUTImportance(tp.importance.Importance):
 
     def _channel_scores(self, task: str, group: Any) -> Tensor | None:
         """``(num_root_channels,)`` task scores summed over the group's coupled layers, or None."""
+        if self.channel_mode:
+            return self._output_channel_scores(task, group)
         total: Tensor | None = None
         for i, (dep, idxs) in enumerate(group):
             root_idxs = group[i].root_idxs
@@ -285,6 +306,29 @@ class CUTImportance(tp.importance.Importance):
             if total is None:
                 total = torch.zeros(len(group[0].idxs), dtype=torch.float32, device=local.device)
             total.scatter_add_(0, torch.tensor(list(root_idxs), device=local.device), local.float())
+        return total
+
+    def _output_channel_scores(self, task: str, group: Any) -> Tensor | None:
+        """Channel criterion: the sum of the scores of the layers whose outputs the group prunes."""
+        total: Tensor | None = None
+        for i, (dep, idxs) in enumerate(group):
+            root_idxs = group[i].root_idxs
+            if dep.handler not in OUT_HANDLERS or any(r is None for r in root_idxs):
+                continue
+            layer = dep.target.module
+            name = self._layers.get(id(layer), "")
+            if (value := self.scores[task].get(name)) is None:
+                continue
+            if value.shape[0] != output_width(layer):
+                raise RuntimeError(
+                    f"CUTImportance channel scores of {name!r} are stale ({value.shape[0]} vs "
+                    f"{output_width(layer)} channels now): the model was pruned since they were "
+                    "estimated; call estimate(model, batches) again before the next step"
+                )
+            local = value[list(idxs)].float()
+            if total is None:
+                total = torch.zeros(len(group[0].idxs), dtype=torch.float32, device=local.device)
+            total.scatter_add_(0, torch.tensor(list(root_idxs), device=local.device), local)
         return total
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ from adapters.torch_pruning.protection import (
 )
 from adapters.torch_pruning.unstructured import check_unpruned, prune_weights
 from cut_plugin import score_tasks, select_tasks
+from cut_plugin.channel_scoring import score_channels
 from cut_plugin.checks import (
     FROZEN_ATTRIBUTE_FIX,
     check_shapes,
@@ -31,6 +32,7 @@ from cut_plugin.checks import (
 )
 from cut_plugin.config import CUTConfig, resolve_config, split_options
 from cut_plugin.record import PruningRecord, history_of, write_record
+from cut_plugin.scoring import CHANNEL_CRITERIA
 from cut_plugin.state import scoring_state
 from cut_plugin.vocabulary import (
     Inputs,
@@ -73,6 +75,8 @@ class CUTPruner(SaturatingCounts, tp.pruner.BasePruner):
     ``scores``: per-task element scores of this model (``score_tasks`` with the
     config's criterion, or ``pruner.importance.scores`` of an earlier pruner of it)
     used instead of scoring ``data`` again, e.g. to prune one model at several ratios.
+    With ``criterion="activation"`` they are channel scores
+    (:func:`cut_plugin.channel_scoring.score_channels`).
     """
 
     def __init__(
@@ -235,7 +239,9 @@ def cut_prune(
 
     CUT's options: ``config=CUTConfig(...)`` or its fields as keywords (``criterion``,
     ``rule``, ``votes``, ``weights`` — a dict or a list in the order of ``tasks`` —,
-    ``calibrate``).
+    ``calibrate``). ``criterion="activation"`` (channel scores from activation
+    gradients, :mod:`cut_plugin.channel_scoring`) is for ``granularity="channel"``
+    only; with ``"weight"`` it raises.
 
     ``round_to=k`` (channels only): every pruned layer keeps a multiple of ``k``
     channels, for CPU kernels that run such widths faster (see :class:`CUTPruner`);
@@ -293,6 +299,14 @@ def cut_prune(
             check_unpruned(model, pruner.model, example_inputs, tasks, task_names)
         return pruner.model
     if granularity == "weight":
+        options, _ = split_options(kwargs)
+        criterion = resolve_config(config, options, tasks=check_tasks(tasks)).criterion
+        if criterion in CHANNEL_CRITERIA:
+            raise ValueError(
+                f"criterion {criterion!r} scores output channels, but granularity='weight' prunes "
+                "single weights and needs element scores; use granularity='channel' with it, or "
+                "criterion='taylor' (CUT's), 'magnitude' or 'fisher' for unstructured masks"
+            )
         if round_to is not None:
             raise TypeError(
                 "round_to rounds channel counts: it applies to granularity='channel' only; "
@@ -327,11 +341,14 @@ def _prune_to_macs(
     example = as_example_inputs(example_inputs, model)
     selected = select_tasks(model, selected_tasks, task_names=task_names, example_inputs=example)
     budget = macs_budget(target_macs, count_macs(selected, example)[0])
-    scores = score_tasks(
-        selected, data, check_losses(losses, selected_tasks), tasks=selected_tasks,
-        criterion=cut.criterion, max_batches=max_batches, progress=kwargs.get("progress", True),
-        task_names=task_names,
-    )  # fmt: skip
+    common: dict[str, Any] = {"tasks": selected_tasks, "max_batches": max_batches,
+                              "progress": kwargs.get("progress", True), "task_names": task_names}  # fmt: skip
+    task_losses = check_losses(losses, selected_tasks)
+    scores = (
+        score_channels(selected, data, task_losses, **common)
+        if cut.criterion in CHANNEL_CRITERIA
+        else score_tasks(selected, data, task_losses, criterion=cut.criterion, **common)
+    )
     check = kwargs.pop("check", True)
     quiet = {**kwargs, "progress": False, "check": False}  # the chosen model is checked below
 
