@@ -110,8 +110,12 @@ def _neuron_kernels(values: Tensor, columns: Tensor, sigma2: float) -> Tensor:
     if chunk.shape[2] == 1:  # the (B, B, c) broadcast is faster without the trailing axis
         flat = chunk[:, :, 0]
         kernel = (flat[:, None, :] - flat[None, :, :]).square_()
-    else:
-        kernel = (chunk[:, None, :, :] - chunk[None, :, :, :]).square_().sum(dim=3)
+    else:  # ‖a‖² + ‖b‖² − 2a·b in float64 (one matmul per neuron, no (B, B, c, k) tensor)
+        wide = chunk.to(torch.float64).permute(1, 0, 2)  # (c, B, k)
+        norms = wide.square().sum(dim=2)
+        gram = torch.baddbmm(norms[:, :, None] + norms[:, None, :], wide, wide.transpose(1, 2),
+                             alpha=-2.0)  # fmt: skip
+        kernel = gram.clamp_min_(0.0).permute(1, 2, 0).to(values.dtype)
     return kernel.div_(-2.0 * sigma2).exp_()
 
 
@@ -124,7 +128,7 @@ def _constant(values: Tensor) -> Tensor:
 def _incremental(
     values: Tensor, structure: LabelStructure, alpha: float, sigma2: float, max_memory: int
 ) -> tuple[list[int], list[float]]:
-    num_samples, num_neurons, depth = values.shape
+    num_samples, num_neurons, _ = values.shape
     constant = _constant(values)
     spare = [int(i) for i in torch.nonzero(constant).flatten()]  # share one kernel column
     # column c of the kernels is neuron columns[c]; the constants' column is the lowest one left
@@ -132,7 +136,7 @@ def _incremental(
     if spare:
         columns = torch.cat([columns, columns.new_tensor(spare[:1])])
     width = columns.numel()
-    bytes_per_neuron = num_samples * num_samples * values.element_size() * max(2, depth)
+    bytes_per_neuron = num_samples * num_samples * 8 * 3  # the float64 Gram and its copies
     chunk = max(1, min(width, max_memory // max(1, 4 * bytes_per_neuron)))
     bounds = [(start, min(start + chunk, width)) for start in range(0, width, chunk)]
     keep = width * num_samples * num_samples * values.element_size() <= max_memory
