@@ -79,6 +79,13 @@ def _spread(values: list[float], digits: int = 2, suffix: str = "×") -> str:
     return f"{mean:.{digits}f}{suffix}" + ("" if sd is None else f" ± {sd:.{digits}f}")
 
 
+def _gap(points: float) -> str:
+    """``1.20 points below`` / ``0.50 points above`` (``points``: how far below, may be < 0)."""
+    return (
+        f"{abs(points):.2f} points {'below' if points > 0 else 'above' if points < 0 else 'from'}"
+    )
+
+
 def _setting(setting: dict[str, Any]) -> str:
     if "share" in setting:
         return f"share {setting['share']:g}"
@@ -191,7 +198,7 @@ def _render_one(metrics: dict[str, Any], entry: dict[str, Any], rows: list[dict[
         gap = (
             ""
             if c["accuracy_gap"] is None
-            else f"; worst task {c['accuracy_gap']:+.2f} points below its single-task network"
+            else f"; worst task {_gap(c['accuracy_gap'])} its single-task network"
         )
         notes.append(
             f"{_label(c['baseline'])} / {_label(c['method'])}: best combination "
