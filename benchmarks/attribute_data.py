@@ -53,12 +53,8 @@ store depth, normals and segmentation, ~3× the bytes).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -151,36 +147,6 @@ def _check_groups(groups: Mapping[str, Sequence[str]] | None) -> dict[str, tuple
     return checked
 
 
-def _cached(
-    config: dict[str, Any], cache_dir: str | os.PathLike[str] | None, make: Callable[[], dict]
-) -> dict[str, Any]:
-    """``make()`` (a dict of tensors and ``config``), stored in / loaded from ``cache_dir``."""
-    if cache_dir is None:
-        return make()
-    if not isinstance(cache_dir, str | os.PathLike):
-        raise TypeError(f"cache_dir must be a path or None, got {type(cache_dir).__name__}")
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
-    path = Path(cache_dir) / f"scene-attributes-{digest}.pt"
-    if path.exists():
-        try:
-            payload = torch.load(path, weights_only=True)
-            if payload.get("config") == config:
-                return payload
-        except Exception:  # a corrupt or foreign file is regenerated, not trusted
-            pass
-    payload = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return payload
-
-
 def scene_attribute_tasks(
     *,
     train: int = 6000,
@@ -239,7 +205,7 @@ def _cached_part(
     cache_dir: str | os.PathLike[str] | None,
 ) -> Any:
     """One split's images and the raw attributes the labels read: rendered, or from ``cache_dir``."""
-    from benchmarks.scenes import GENERATOR_VERSION, make_scenes
+    from benchmarks.scenes import GENERATOR_VERSION, cached_tensors, make_scenes
 
     config = {"n": n, "size": size, "seed": generator_seed, **dict(sorted(options.items())),
               "generator_version": GENERATOR_VERSION, "version": ATTRIBUTE_VERSION}  # fmt: skip
@@ -250,5 +216,5 @@ def _cached_part(
         return {"config": config, "image": scenes.image, "attributes": kept,
                 "colours": list(scenes.colours)}  # fmt: skip
 
-    payload = _cached(config, cache_dir, make)
+    payload = cached_tensors(config, cache_dir, "scene-attributes", make)
     return SimpleNamespace(**{k: payload[k] for k in ("image", "attributes", "colours")})

@@ -75,7 +75,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,30 +178,50 @@ def make_scenes(
     the config and :data:`GENERATOR_VERSION`, and loaded from it next time.
     """
     config = _checked_config(n, size, seed, texture, noise, min_objects, max_objects)
+
+    def generate() -> dict[str, Any]:
+        scenes = _generate(config)
+        return {k: getattr(scenes, k) for k in scenes.__dataclass_fields__}
+
+    return Scenes(**cached_tensors(config, cache_dir, "scenes", generate))
+
+
+def cached_tensors(
+    config: dict[str, Any],
+    cache_dir: str | os.PathLike[str] | None,
+    prefix: str,
+    make: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """``make()`` (a dict of tensors holding ``config`` under ``"config"``), cached on disk.
+
+    Stored in ``cache_dir`` as ``<prefix>-<hash of config>.pt`` (written to a temporary
+    file, then renamed); loaded next time when the stored ``config`` equals ``config``.
+    A corrupt or foreign file is regenerated, not trusted. ``cache_dir=None``: no cache.
+    """
     if cache_dir is None:
-        return _generate(config)
+        return make()
     if not isinstance(cache_dir, str | os.PathLike):
         raise TypeError(f"cache_dir must be a path or None, got {type(cache_dir).__name__}")
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
-    path = Path(cache_dir) / f"scenes-{digest}.pt"
+    path = Path(cache_dir) / f"{prefix}-{digest}.pt"
     if path.exists():
         try:
             payload = torch.load(path, weights_only=True)
             if payload.get("config") == config:
-                return Scenes(**payload)
+                return payload
         except Exception:  # a corrupt or foreign file is regenerated, not trusted
             pass
-    scenes = _generate(config)
+    payload = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            torch.save({k: getattr(scenes, k) for k in scenes.__dataclass_fields__}, handle)
+            torch.save(payload, handle)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return scenes
+    return payload
 
 
 def _checked_config(

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cut_plugin.checks import unwrap_model
+from cut_plugin.masks import PRUNABLE_TYPES
 from cut_plugin.scoring import all_reduce_scores
 from cut_plugin.vocabulary import (
     Loss,
@@ -67,15 +68,8 @@ from cut_plugin.vocabulary import (
 
 __all__ = ["CHANNEL_TYPES", "ChannelScores", "channel_layers", "output_width", "score_channels"]
 
-CHANNEL_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Linear,
-)
+CHANNEL_TYPES: tuple[type[nn.Module], ...] = PRUNABLE_TYPES
+"""The layers whose output channels are scored: the ones ``cut_masks`` prunes."""
 ChannelScores = dict[str, dict[str, Tensor]]
 
 
