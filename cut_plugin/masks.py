@@ -94,6 +94,14 @@ def _check_task_scores(
                 )
             own[name] = value.detach().float()
         result[str(task)] = own
+    modules = {name.removesuffix(".weight") for name in weights}
+    if not any(result.values()) and any(n in modules for s in task_scores.values() for n in s):
+        raise ValueError(
+            "task_scores are channel scores keyed by module name (score_channels, criterion="
+            "'activation'), but cut_masks masks single weights and needs element scores: score "
+            "with score_tasks (criterion 'taylor', 'magnitude' or 'fisher'), or prune channels "
+            "with cut_prune(..., granularity='channel', criterion='activation')"
+        )
     if not any(result.values()):
         raise ValueError(
             "no task's scores name a conv/linear weight of this model; score this model with score_tasks"

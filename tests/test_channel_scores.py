@@ -17,7 +17,7 @@ from torch import nn
 
 import adapters.torch_pruning as atp
 from adapters.nni import CUTPruner as NNICUTPruner
-from cut_plugin import CHANNEL_CRITERIA, CUTConfig, score_channels, score_tasks
+from cut_plugin import CHANNEL_CRITERIA, CUTConfig, cut_masks, score_channels, score_tasks
 from tests.random_models import SPECS, RandomNet, Spec, batches_for, cross_entropy_losses
 from tests.toy_models import (
     ResidualNet,
@@ -225,6 +225,9 @@ def test_element_routes_reject_the_channel_criterion():
         score_tasks(model, batches, losses_for(model), criterion="activation", progress=False)
     with pytest.raises(ValueError, match="criterion must be one of"):
         CUTConfig(criterion="activations")
+    channel_scores = score_channels(model, batches, losses_for(model), progress=False)
+    with pytest.raises(ValueError, match="channel scores keyed by module name"):
+        cut_masks(model, channel_scores, pruning_ratio=0.5)
 
 
 def test_element_scores_do_not_fit_a_channel_importance():
