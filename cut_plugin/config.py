@@ -33,7 +33,7 @@ class CUTConfig:
         default="taylor",
         metadata=_help(
             "per-task importance: 'taylor' (Σ|w·∂L_t/∂w|, the paper), 'magnitude' (|w|), "
-            "'fisher' (Σ(w·∂L_t/∂w)²), or 'activation' (channels, not elements: "
+            "'fisher' (½w²Σ_b(∂L_t/∂w)²), or 'activation' (channels, not elements: "
             "Σ_b|Σ a·∂L_t/∂a| per conv/linear output channel from activation gradients, no "
             "weight gradient; an approximate, faster option for channel pruning only)"
         ),

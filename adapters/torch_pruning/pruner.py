@@ -32,7 +32,7 @@ from cut_plugin.checks import (
 )
 from cut_plugin.config import CUTConfig, resolve_config, split_options
 from cut_plugin.record import PruningRecord, history_of, write_record
-from cut_plugin.scoring import CHANNEL_CRITERIA
+from cut_plugin.scoring import CHANNEL_CRITERIA, check_element_criterion
 from cut_plugin.state import scoring_state
 from cut_plugin.vocabulary import (
     Inputs,
@@ -301,12 +301,7 @@ def cut_prune(
     if granularity == "weight":
         options, _ = split_options(kwargs)
         criterion = resolve_config(config, options, tasks=check_tasks(tasks)).criterion
-        if criterion in CHANNEL_CRITERIA:
-            raise ValueError(
-                f"criterion {criterion!r} scores output channels, but granularity='weight' prunes "
-                "single weights and needs element scores; use granularity='channel' with it, or "
-                "criterion='taylor' (CUT's), 'magnitude' or 'fisher' for unstructured masks"
-            )
+        check_element_criterion(criterion, route="cut_prune(granularity='weight')")
         if round_to is not None:
             raise TypeError(
                 "round_to rounds channel counts: it applies to granularity='channel' only; "
