@@ -119,7 +119,10 @@ def test_suites_are_data_and_every_setting_is_validated():
     from benchmarks.suites import SUITES, SUITES_FILE
 
     raw = json.loads(SUITES_FILE.read_text())
-    assert set(raw) == set(SUITES) == {"quick", "full", "dense", "dense-subsets", "pam-attributes"}
+    assert set(raw) == set(SUITES) == {
+        "quick", "full", "dense", "dense-subsets", "dense-subsets-low", "dense-subsets-weight",
+        "pam-attributes",
+    }
     for name, suite in SUITES.items():
         configs = suite.configs()
         assert list(configs) == list(raw[name]["parts"])
