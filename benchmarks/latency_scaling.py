@@ -13,7 +13,10 @@ each of ``rounds`` rounds call by call (interleaved, so drift on a shared CPU
 hits them all alike); a figure is the median over the rounds of the median of
 ``repeats`` calls, in eval mode without gradients.
 The runtime ``"torch_channels_last"`` times PyTorch with model and input in
-``torch.channels_last`` memory format (dense and compact alike).
+``torch.channels_last`` memory format (dense and compact alike); ``"torchscript"``
+times PyTorch's CPU inference route: ``export_torchscript(freeze=True)`` (BatchNorm
+folded into the Conv before it), loaded back and passed through
+``torch.jit.optimize_for_inference`` (oneDNN pre-packed convolutions).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from benchmarks.edge_latency import ort_session
 from benchmarks.models import build_model
 from benchmarks.needs import Need, module_need
 from benchmarks.part import Part
-from cut_plugin import EXPORTERS, export_onnx
+from cut_plugin import EXPORTERS, export_onnx, export_torchscript
 from cut_plugin.vocabulary import check_ratio
 
 __all__ = [
@@ -52,7 +55,7 @@ __all__ = [
 ]
 
 TASKS = {"digit": 10, "parity": 2, "ge5": 2}
-RUNTIMES = ("torch", "onnxruntime", "torch_channels_last")
+RUNTIMES = ("torch", "onnxruntime", "torch_channels_last", "torchscript")
 GOAL = 0.8
 
 
@@ -68,7 +71,7 @@ class LatencyScalingConfig:
     warmup: int = 2
     round_to: tuple[int, ...] = (1, 8)
     """Compact variants, one per ``round_to``; the first is the headline's (1 = ``cut_prune``'s default)."""
-    runtimes: tuple[str, ...] = ("torch", "onnxruntime")
+    runtimes: tuple[str, ...] = ("torch", "onnxruntime", "torchscript")
     exporter: str = "torchscript"
     """ONNX exporter for onnxruntime: ``torchscript`` exports in ~2 s where ``dynamo`` takes
     ~30 s per model on 2 shared cores; onnxruntime fuses Conv+BN+ReLU from either graph."""
@@ -111,6 +114,11 @@ def _calls(
         session = ort_session(path)
         feed = {session.get_inputs()[0].name: x.numpy()}
         calls["onnxruntime"] = lambda: session.run(None, feed)
+    if "torchscript" in config.runtimes:
+        path = folder / f"{name}.pt"
+        export_torchscript(model, x[:2], path, freeze=True)
+        script = torch.jit.optimize_for_inference(torch.jit.load(str(path)))
+        calls["torchscript"] = lambda: script(x)
     return calls
 
 
@@ -311,7 +319,7 @@ def latency_scaling_summaries(metrics: dict[str, Any]) -> list[str]:
 
 
 def latency_scaling_headline(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """``latency.speedup_per_mac`` per width and runtime (``torch``, ``onnxruntime``).
+    """``latency.speedup_per_mac`` per width and runtime (``torch``, ``onnxruntime``, ``torchscript``).
 
     The headline's compact model is the first ``round_to`` of the config
     (``cut_prune``'s default, 1); the other variants are in the table.
@@ -335,7 +343,7 @@ def latency_scaling_headline(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "goal": f">= {GOAL}",
         }
         for r in rows
-        for runtime in ("torch", "onnxruntime")
+        for runtime in ("torch", "onnxruntime", "torchscript")
         if runtime in r["runtimes"]
     ]
 

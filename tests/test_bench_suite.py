@@ -119,10 +119,8 @@ def test_suites_are_data_and_every_setting_is_validated():
     from benchmarks.suites import SUITES, SUITES_FILE
 
     raw = json.loads(SUITES_FILE.read_text())
-    assert set(raw) == set(SUITES) == {
-        "quick", "full", "dense", "dense-subsets", "dense-subsets-low", "dense-subsets-weight",
-        "pam-attributes",
-    }
+    dense = {"dense", "dense-subsets", "dense-subsets-low", "dense-subsets-weight"}
+    assert set(raw) == set(SUITES) == {"quick", "full", "pam-attributes"} | dense
     for name, suite in SUITES.items():
         configs = suite.configs()
         assert list(configs) == list(raw[name]["parts"])
@@ -162,11 +160,20 @@ def test_old_part_name_and_cuda_and_unknown_parts(monkeypatch):
 
 
 def test_latency_scaling_measures_a_compact_model_and_reads_old_results():
-    from benchmarks.latency_scaling import LatencyScalingConfig, run_latency_scaling
+    from benchmarks.latency_scaling import (
+        LatencyScalingConfig,
+        latency_scaling_headline,
+        run_latency_scaling,
+    )
 
     metrics = run_latency_scaling(LatencyScalingConfig(widths=(8,), repeats=1), seed=0)
     (row,) = metrics["rows"]
     assert row["compact_macs"] < row["dense_macs"] and row["mac_reduction"] > 1.5
+    # PyTorch eager, and the frozen, optimised TorchScript module: both timed, both in the headline
+    assert {"torch", "torchscript"} <= set(row["runtimes"])
+    assert all(t["compact_ms"] > 0 and t["efficiency"] > 0 for t in row["runtimes"].values())
+    headline = latency_scaling_headline(metrics)
+    assert {e["setting"]["runtime"] for e in headline} >= {"torch", "torchscript"}
     results = {
         "run_info": {"suite": "old", "seed": 0, "git_sha": "x", "seconds": 1.0},
         "metrics": {"speedup": metrics},  # a results.json written before the rename

@@ -266,6 +266,59 @@ def test_torchscript_reload_matches_pytorch(name: str, tmp_path: Path) -> None:
             torch.testing.assert_close(got[task], expected[task], rtol=0, atol=1e-6)
 
 
+def _ops(module: torch.jit.ScriptModule) -> set[str]:
+    return {node.kind() for node in module.inlined_graph.nodes()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_frozen_torchscript_folds_batchnorm_and_matches_pytorch(name: str, tmp_path: Path) -> None:
+    model, inputs = case(name)
+    model.train()
+    before = state_snapshot(model)
+    path = tmp_path / "frozen.pt"
+    export_torchscript(model, inputs(4), path, freeze=True)
+    assert model.training and same_state(model, before)
+    loaded = torch.jit.load(str(path))
+    optimized = torch.jit.optimize_for_inference(torch.jit.load(str(path)))
+    has_batchnorm = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert "aten::batch_norm" not in _ops(loaded)  # folded (or there was none)
+    if has_batchnorm:
+        unfrozen = tmp_path / "traced.pt"
+        export_torchscript(model, inputs(4), unfrozen)
+        assert "aten::batch_norm" in _ops(torch.jit.load(str(unfrozen)))
+    for batch in (1, 7):
+        x = inputs(batch)
+        expected = reference(model, x)
+        with torch.no_grad():
+            outputs = {"frozen": loaded(x), "optimized": optimized(x)}
+        for got in outputs.values():
+            assert list(got) == list(expected)
+            for task in expected:
+                torch.testing.assert_close(got[task], expected[task], rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_torchscript_is_checked_before_it_is_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cut_plugin.torchscript as torchscript
+
+    model, inputs = case("residual")
+    other = ResidualNet().eval()
+    with torch.no_grad():
+        wrong = torch.jit.freeze(torch.jit.trace(other, (inputs(4),), strict=False))
+    monkeypatch.setattr(torchscript.torch.jit, "freeze", lambda module: wrong)
+    path = tmp_path / "wrong.pt"
+    with pytest.raises(RuntimeError, match="torch.jit.freeze changed task .* freeze=False"):
+        export_torchscript(model, inputs(4), path, freeze=True)
+    assert not path.exists()
+
+
+def test_freeze_must_be_a_bool(tmp_path: Path) -> None:
+    model, inputs = case("mlp")
+    with pytest.raises(TypeError, match="freeze must be True or False"):
+        export_torchscript(model, inputs(2), tmp_path / "m.pt", freeze="yes")  # type: ignore[arg-type]
+
+
 def test_torchscript_tuple_output_becomes_a_dict(tmp_path: Path) -> None:
     model = ConcatNet().eval()
     path = tmp_path / "concat.pt"
