@@ -301,7 +301,7 @@ def render_latency_scaling(metrics: dict[str, Any]) -> str:
 
 
 def latency_scaling_summaries(metrics: dict[str, Any]) -> list[str]:
-    """One line per runtime and ``round_to``: the efficiency per width."""
+    """One line per runtime and ``round_to``: the efficiency per width; TorchScript's speed-up over eager."""
     rows = _variant_rows(metrics)
     lines = []
     for round_to in dict.fromkeys(r["round_to"] for r in rows):
@@ -314,6 +314,21 @@ def latency_scaling_summaries(metrics: dict[str, Any]) -> list[str]:
             lines.append(
                 f"compact latency speed-up / MAC reduction at batch {metrics['batch']}, {runtime}, "
                 f"round_to={round_to}: {parts} (goal >= {GOAL})"
+            )
+        both = [
+            r
+            for r in rows
+            if r["round_to"] == round_to and {"torch", "torchscript"} <= set(r["runtimes"])
+        ]
+        if both:
+            parts = ", ".join(
+                f"width {r['width']}: "
+                f"{r['runtimes']['torch']['compact_ms'] / r['runtimes']['torchscript']['compact_ms']:.2f}×"
+                for r in both
+            )
+            lines.append(
+                f"compact model, frozen + optimised TorchScript against eager PyTorch at batch "
+                f"{metrics['batch']}, round_to={round_to}: {parts} faster"
             )
     return lines
 

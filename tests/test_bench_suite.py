@@ -163,6 +163,7 @@ def test_latency_scaling_measures_a_compact_model_and_reads_old_results():
     from benchmarks.latency_scaling import (
         LatencyScalingConfig,
         latency_scaling_headline,
+        latency_scaling_summaries,
         run_latency_scaling,
     )
 
@@ -174,6 +175,8 @@ def test_latency_scaling_measures_a_compact_model_and_reads_old_results():
     assert all(t["compact_ms"] > 0 and t["efficiency"] > 0 for t in row["runtimes"].values())
     headline = latency_scaling_headline(metrics)
     assert {e["setting"]["runtime"] for e in headline} >= {"torch", "torchscript"}
+    faster = [s for s in latency_scaling_summaries(metrics) if "TorchScript against eager" in s]
+    assert len(faster) == len(metrics["round_to"]) and all("width 8: " in s for s in faster)
     results = {
         "run_info": {"suite": "old", "seed": 0, "git_sha": "x", "seconds": 1.0},
         "metrics": {"speedup": metrics},  # a results.json written before the rename
