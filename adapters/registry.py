@@ -49,6 +49,7 @@ from adapters.registry_builtins import (
     nni_taylor,
     tp_cut,
     tp_prune_merged,
+    tp_prune_merged_gates,
     tp_pruner,
 )
 
@@ -294,5 +295,6 @@ for _baseline in ("magnitude", "taylor", "random"):
         framework="torch_pruning",
     )
 register("prune", "merged", tp_prune_merged, framework="torch_pruning")
+register("prune", "merged-gates", tp_prune_merged_gates, framework="torch_pruning")
 register("prune", "l1", nni_norm_prune(1), framework="nni")
 register("prune", "l2", nni_norm_prune(2), framework="nni")

@@ -21,6 +21,7 @@ __all__ = [
     "nni_taylor",
     "tp_cut",
     "tp_prune_merged",
+    "tp_prune_merged_gates",
     "tp_pruner",
 ]
 
@@ -259,6 +260,27 @@ def tp_prune_merged(
     return prune_merged(
         model, example_inputs, importance=importance, pruning_ratio=pruning_ratio,
         data=data, losses=losses, pruned_groups=pruned_groups, **tp_kwargs,
+    )  # fmt: skip
+
+
+def tp_prune_merged_gates(
+    model: Any,
+    example_inputs: Any,
+    data: Any,
+    losses: Any,
+    pruning_ratio: float = 0.09,
+    pruned_groups: str = "shared",
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+) -> Any:
+    """``adapters.torch_pruning.prune_merged_gates`` of a merged network ``model``: one released
+    PAM pruning iteration (train on ``data`` while scoring Taylor gates, one global threshold)."""
+    from adapters.torch_pruning import prune_merged_gates
+
+    return prune_merged_gates(
+        model, example_inputs, data=data, losses=losses, pruning_ratio=pruning_ratio,
+        pruned_groups=pruned_groups, lr=lr, momentum=momentum, nesterov=nesterov,
     )  # fmt: skip
 
 

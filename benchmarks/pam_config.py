@@ -15,6 +15,7 @@ __all__ = [
     "PAM_MODELS",
     "PAM_MTZ_VARIANTS",
     "PAM_PRUNERS",
+    "PAM_SCHEDULES",
     "PAM_SPLITS",
     "PAMSuiteConfig",
 ]
@@ -30,7 +31,11 @@ PAM_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 ``scene_attributes``: four 3×3 conv-BN-ReLU (8, 8, max-pool, 16, 16 channels),
 global average pooling and a linear head: 1.7M MACs per 32×32 image.
 """
-PAM_PRUNERS: tuple[str, ...] = ("taylor", "magnitude")
+PAM_PRUNERS: tuple[str, ...] = ("taylor", "magnitude", "gates")
+"""Torch-Pruning's Taylor and magnitude importances (local, ``step_ratio`` of every pruned
+layer), or ``gates``: the released PAM pruner (``prune_merged_gates``: Taylor gates scored
+while training ``gate_batches`` SGD-Nesterov steps at ``gate_lr``, one global threshold)."""
+PAM_SCHEDULES: tuple[str, ...] = ("tolerance", "fixed")
 PAM_GROUPINGS: tuple[str, ...] = ("paper", "subsets")
 PAM_SUMMARIES: tuple[str, ...] = ("max", "map")
 PAM_MTZ_VARIANTS: tuple[str, ...] = ("pam", "released")
@@ -71,6 +76,13 @@ class PAMSuiteConfig:
     ``relative_thresholds``: when given, one more PAM column per grouping,
     ``pam-<grouping>-relative`` (``PAMMerger(relevance="relative")``, relaxed
     over these thresholds in turn, as α is over ``alpha_scales``).
+    ``schedule``: ``"tolerance"`` (stop after ``patience`` misses) or ``"fixed"``
+    (every one of ``max_pruning_steps``, the cheapest step within tolerance kept).
+    ``gate_batches`` / ``gate_lr``: the ``gates`` pruner's training batches per
+    step (10 released) and SGD-Nesterov learning rate (0.01 released); with it
+    ``step_ratio`` is the fraction of the pruned groups' neurons removed per step
+    by one threshold across layers (0.09 released for merged networks, 0.10 for
+    single ones).
     """
 
     splits: tuple[str, ...] = ("class_split",)
@@ -103,6 +115,9 @@ class PAMSuiteConfig:
     mtz_variant: str = "pam"
     attribute_images: tuple[int, int] = (6000, 2000)
     relative_thresholds: tuple[float, ...] = ()
+    schedule: str = "tolerance"
+    gate_batches: int = 10
+    gate_lr: float = 0.01
 
     def __post_init__(self) -> None:
         options = {"splits": PAM_SPLITS, "pruners": PAM_PRUNERS, "groupings": PAM_GROUPINGS}
@@ -129,6 +144,9 @@ class PAMSuiteConfig:
         _check_tuple("seeds", self.seeds, partial(check_int, low=0))
         check_choice("conv_summary", self.conv_summary, PAM_SUMMARIES)
         check_choice("mtz_variant", self.mtz_variant, PAM_MTZ_VARIANTS)
+        check_choice("schedule", self.schedule, PAM_SCHEDULES)
+        check_int("gate_batches", self.gate_batches)
+        check_number("gate_lr", self.gate_lr, low=0.0, low_open=True)
         if not isinstance(self.attribute_images, tuple) or len(self.attribute_images) != 2:
             raise TypeError(
                 f"attribute_images must be (train, test) image counts, got {self.attribute_images!r}"

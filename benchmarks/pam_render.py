@@ -127,13 +127,27 @@ def _render_one(metrics: dict[str, Any], entry: dict[str, Any], rows: list[dict[
         f"(validation {_spread([100 * x['validation'][t] for x in singles], 1, ' %')})"
         for t in tasks
     )
+    step = (
+        f"Pruned in steps of {100 * config['step_ratio']:.0f} % of the "
+        + (
+            f"pruned groups' neurons by one threshold across layers (the released PAM pruner: "
+            f"Taylor gates read while training {config.get('gate_batches')} SGD-Nesterov batches "
+            f"at lr {config.get('gate_lr')}; groups pruned: {config['pruned_groups']})"
+            if pruner == "gates"
+            else "remaining channels of every pruned layer"
+        )
+        + f", fine-tuned {config['finetune_steps']} steps after each"
+    )
+    stop = (
+        f"all {config['max_pruning_steps']} steps run (fixed schedule)"
+        if config.get("schedule") == "fixed"
+        else f"stopped after {config['patience']} misses in a row"
+    )
     intro = (
         f"#### {len(tasks)} tasks (`{split}`), {pruner} pruner, seeds {seeds}\n\n"
-        f"Single-task {_model(metrics, split)}, test accuracy: {reference}. Pruned in steps of "
-        f"{100 * config['step_ratio']:.0f} % of the remaining channels, fine-tuned "
-        f"{config['finetune_steps']} steps after each; kept: the last model with every task's "
-        f"validation accuracy at most {config['accuracy_tolerance']:g} point(s) below its "
-        f"single-task network's (stopped after {config['patience']} misses in a row)"
+        f"Single-task {_model(metrics, split)}, test accuracy: {reference}. {step}; kept: the "
+        f"last model with every task's validation accuracy at most "
+        f"{config['accuracy_tolerance']:g} point(s) below its single-task network's ({stop})"
         + ("; then whole groups deleted while that held" if config.get("delete_groups") else "")
         + f". {_merge_note(by_seed(metrics['merges'][split], seeds[0]))}"
         + (f" (seed {seeds[0]})" if len(seeds) > 1 else "")

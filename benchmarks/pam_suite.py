@@ -9,7 +9,8 @@ the same scene images, :mod:`benchmarks.attribute_data`), one VGG-style
 Each task's loss is its data's (cross-entropy, or BCE-with-logits for a
 multi-label group), its accuracy that of ``benchmarks.training.evaluate``
 (top-1, or per label over the group's labels). Per pruner
-(Torch-Pruning's Taylor or magnitude importance), the columns are
+(Torch-Pruning's Taylor or magnitude importance, or ``gates``: the released
+PAM pruner, ``prune_merged_gates``), the columns are
 ``no-merge`` (each network pruned alone; a combination costs the sum of its
 networks), ``mtz`` (``MTZMerger``, then pruned) and ``pam-<grouping>``
 (``PAMMerger``, then pruned). Each gets the same joint retraining
@@ -20,7 +21,13 @@ model is the last one whose validation accuracy is, for **every** task, at
 most ``accuracy_tolerance`` points below its single-task network's; pruning
 stops after ``patience`` such misses in a row (1: at the first) or once a step
 removes less than ``min_step_reduction`` of the MACs (Torch-Pruning keeps one
-channel per layer of every group). Rows: every task combination
+channel per layer of every group); ``schedule="fixed"`` runs every one of
+``max_pruning_steps`` as the released code does and keeps the cheapest step
+within the tolerance (``benchmarks.pam_pruning``). With ``gates`` a step
+trains ``gate_batches`` SGD-Nesterov batches at ``gate_lr`` while reading the
+Taylor gates, then removes ``step_ratio`` of the pruned groups' neurons by one
+threshold across layers (``pruned_groups="shared"``: the shared groups only,
+as released; a single network's every neuron). Rows: every task combination
 (``combination_costs``), test accuracy of its tasks, MACs.
 
 Implementation notes (choices the paper leaves open):
@@ -58,125 +65,38 @@ Implementation notes (choices the paper leaves open):
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from functools import partial
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from adapters.registry import build
-from benchmarks.data import IGNORE_INDEX, Split, TaskData, batches, load_data
 from benchmarks.needs import data_needs
 from benchmarks.pam_config import PAM_MODELS, PAM_PRUNERS, PAM_SPLITS, PAMSuiteConfig
+from benchmarks.pam_context import PAMContext, own_rows, prepare_context
+from benchmarks.pam_pruning import prune_until
 from benchmarks.pam_render import pam_summaries, plot_pam, render_pam
 from benchmarks.pam_stats import pam_headline, summarize_table, total_cap
 from benchmarks.part import Part
-from benchmarks.training import evaluate, pretrained
-from cut_plugin.vocabulary import Loss
 from pam_plugin import (
     Cost,
     MergedNetwork,
     build_merged,
     combination_costs,
-    delete_groups,
     network_cost,
-    retrain,
 )
 
 __all__ = ["PAM_PRUNERS", "PAM_SPLITS", "PART", "PAMSuiteConfig", "run_pam_suite", "total_cap"]
 
 
-def _guarded(loss: Loss, output: Tensor, target: Tensor) -> Tensor:
-    """``loss`` (the data's, ``TaskData.losses``); 0 when the batch holds none of the task's images."""
-    if not target.is_floating_point() and bool((target == IGNORE_INDEX).all()):
-        return output.sum() * 0.0
-    return loss(output, target)
-
-
-def _own(split: Split, task: str) -> Split:
-    """The rows of ``split`` that belong to ``task`` (every row for 0/1 labels), only its target."""
-    target = split.targets[task]
-    keep = torch.ones(len(split), dtype=torch.bool) if target.dim() > 1 else target != IGNORE_INDEX
-    return split.select(torch.nonzero(keep).flatten(), [task])
-
-
-@dataclass(frozen=True, eq=False)
-class _Context:
-    """One split: training images (minus validation), validation, merge batch, references."""
-
-    key: str
-    data: TaskData
-    validation: Split
-    merge_inputs: Tensor
-    merge_labels: dict[str, Tensor]
-    networks: dict[str, nn.Module]
-    reference: dict[str, float]
-    losses: dict[str, Loss]
-    config: PAMSuiteConfig
-    seed: int
-
-    def train_split(self, tasks: tuple[str, ...]) -> Split:
-        """All training images for a merged network, the task's own for a single network."""
-        return self.data.for_task(tasks[0]).train if len(tasks) == 1 else self.data.train
-
-    def stream(self, tasks: tuple[str, ...], seed: int) -> Iterator[tuple[Tensor, dict]]:
-        """Endless shuffled training batches (each pass reshuffled from ``seed``)."""
-        split = self.train_split(tasks)
-        for epoch in itertools.count():
-            yield from batches(split, self.config.batch_size, seed=seed * 7919 + epoch)
-
-    def accuracy(self, model: nn.Module, split: Split) -> dict[str, float]:
-        """``{task: accuracy}`` of ``model`` on ``split``."""
-        return evaluate(model, split, batch_size=self.config.eval_batch_size)
-
-    def meets(self, accuracy: Mapping[str, float]) -> bool:
-        """Every task within the tolerance of its single-task network."""
-        tolerance = self.config.accuracy_tolerance / 100.0
-        return all(a >= self.reference[t] - tolerance - 1e-9 for t, a in accuracy.items())
-
-    def retrain(self, model: MergedNetwork, steps: int, seed: int) -> MergedNetwork:
-        """``model`` after ``steps`` of joint retraining, in place (no-op for 0 steps)."""
-        if steps:
-            losses = {t: self.losses[t] for t in model.tasks}
-            stream = self.stream(model.tasks, seed)
-            retrain(model, stream, losses, max_steps=steps, lr=self.config.lr, inplace=True,
-                    progress=False)  # fmt: skip
-        return model
-
-
-def _prepare(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> _Context:
-    """Load ``key``, hold out validation images, train (or load) the single-task networks."""
-    full = load_data(key, seed=seed, **config.data_options(key))
-    order = torch.randperm(len(full.train), generator=torch.Generator().manual_seed(seed + 1))
-    held = round(config.validation_fraction * len(order))
-    validation, train = full.train.select(order[:held]), full.train.select(order[held:])
-    data_config = {**full.config, "validation_fraction": config.validation_fraction}
-    data = TaskData(full.name, train, full.test, full.num_classes, full.task_types, data_config)
-    model, options = PAM_MODELS[key]
-    networks = {
-        t: pretrained(
-            model, data, seed=seed, task=t, model_kwargs=options, epochs=config.pretrain_epochs,
-            batch_size=config.batch_size, cache_dir=config.cache_dir, progress=progress,
-        )
-        for t in data.task_names
-    }  # fmt: skip
-    reference = {t: evaluate(n, _own(validation, t), batch_size=config.eval_batch_size)[t]
-                 for t, n in networks.items()}  # fmt: skip
-    merge = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 2))
-    merge = merge[: config.merge_samples]
-    labels = {t: train.targets[t][merge] for t in data.task_names}
-    return _Context(key, data, validation, train.inputs[merge], labels, networks, reference,
-                    {t: partial(_guarded, f) for t, f in data.losses().items()}, config, seed)  # fmt: skip
-
-
 Attempt = tuple[dict[str, Any], Callable[[], MergedNetwork]]
 
 
-def _relaxed(ctx: _Context, attempts: list[Attempt]) -> tuple[MergedNetwork | None, dict]:
+def _relaxed(ctx: PAMContext, attempts: list[Attempt]) -> tuple[MergedNetwork | None, dict]:
     """Build and retrain each setting in turn until one meets the tolerance unpruned.
 
     Returns the network (the last one built when none qualifies, ``None`` when
@@ -201,7 +121,7 @@ def _relaxed(ctx: _Context, attempts: list[Attempt]) -> tuple[MergedNetwork | No
     return chosen[0], {"setting": chosen[1], "tried": tried}
 
 
-def _candidates(ctx: _Context) -> tuple[dict[str, dict[str, MergedNetwork]], dict[str, dict]]:
+def _candidates(ctx: PAMContext) -> tuple[dict[str, dict[str, MergedNetwork]], dict[str, dict]]:
     """``{method: {network: retrained network}}`` before pruning, and how each merge was chosen."""
     config, example, networks = ctx.config, ctx.merge_inputs, ctx.networks
     built: dict[str, dict[str, MergedNetwork]] = {
@@ -229,61 +149,6 @@ def _candidates(ctx: _Context) -> tuple[dict[str, dict[str, MergedNetwork]], dic
     return built, merges
 
 
-def _prune_until(
-    ctx: _Context, model: MergedNetwork, pruner: str
-) -> tuple[MergedNetwork, dict[str, Any]]:
-    """Prune step by step while every task stays within tolerance; the last model that did."""
-    config, tasks = ctx.config, model.tasks
-    example = ctx.merge_inputs[:2]
-    gradients: dict[str, Any] = {}
-    if pruner == "taylor":
-        grad_batches = batches(ctx.train_split(tasks), config.batch_size, seed=ctx.seed + 3)
-        gradients = {
-            "data": list(itertools.islice(grad_batches, config.importance_batches)),
-            "losses": {t: ctx.losses[t] for t in tasks},
-        }
-    accuracy = ctx.accuracy(model, ctx.validation)
-    macs = network_cost(model, example[:1]).macs
-    history = [{"step": 0, "macs": macs, "validation_accuracy": accuracy}]
-    kept, kept_accuracy, steps, current, last_macs = model, accuracy, 0, model, macs
-    misses = 0 if ctx.meets(accuracy) else config.patience
-    while misses < config.patience and len(history) <= config.max_pruning_steps:
-        step = len(history)
-        candidate = build(
-            {"prune": "merged", "framework": "torch_pruning", "criterion": pruner},
-            model=current, example_inputs=example, pruning_ratio=config.step_ratio,
-            pruned_groups=config.pruned_groups, **gradients,
-        )  # fmt: skip
-        candidate_macs = network_cost(candidate, example[:1]).macs
-        if candidate_macs > (1.0 - config.min_step_reduction) * last_macs:  # layers near 1 channel
-            break
-        last_macs = candidate_macs
-        ctx.retrain(candidate, config.finetune_steps, seed=ctx.seed * 131 + step)
-        accuracy = ctx.accuracy(candidate, ctx.validation)
-        history.append({"step": step, "macs": candidate_macs, "validation_accuracy": accuracy})
-        current, misses = candidate, misses + 1
-        if ctx.meets(accuracy):
-            kept, kept_accuracy, steps, macs, misses = candidate, accuracy, step, candidate_macs, 0
-    deleted: list[dict[str, Any]] = []
-    if config.delete_groups and ctx.meets(kept_accuracy):
-        kept, deleted = delete_groups(
-            kept, example, accept=lambda m: ctx.meets(ctx.accuracy(m, ctx.validation))
-        )
-        if deleted:
-            kept_accuracy = ctx.accuracy(kept, ctx.validation)
-            macs = network_cost(kept, example[:1]).macs
-    return kept, {
-        "deleted_groups": deleted,
-        "steps": steps,
-        "meets_tolerance": ctx.meets(kept_accuracy),
-        "validation_accuracy": kept_accuracy,
-        "test_accuracy": ctx.accuracy(kept, ctx.data.test),
-        "macs": macs,
-        "group_sizes": kept.group_sizes(),
-        "history": history,
-    }
-
-
 def _costs(models: Mapping[str, MergedNetwork], example: Tensor) -> dict[frozenset[str], Cost]:
     """Every combination's cost: of the merged network, or summed over independent networks."""
     if list(models) == ["merged"]:
@@ -293,11 +158,13 @@ def _costs(models: Mapping[str, MergedNetwork], example: Tensor) -> dict[frozens
 
 def _run_split(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> dict[str, Any]:
     """Everything of one split: references, merges, runs, rows and summaries per pruner."""
-    ctx = _prepare(key, config, seed, progress)
+    ctx = prepare_context(key, config, seed, progress)
     tasks = ctx.data.task_names
     single = {
         "validation": ctx.reference,
-        "test": {t: ctx.accuracy(n, _own(ctx.data.test, t))[t] for t, n in ctx.networks.items()},
+        "test": {
+            t: ctx.accuracy(n, own_rows(ctx.data.test, t))[t] for t, n in ctx.networks.items()
+        },
     }
     candidates, merges = _candidates(ctx)
     methods = [m for m in config.methods() if m in candidates]
@@ -308,7 +175,7 @@ def _run_split(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> d
     runs: list[dict[str, Any]] = []
     for pruner, method, name in tqdm(jobs, desc=f"PAM {key}", disable=not progress):
         torch.manual_seed(seed)
-        model, record = _prune_until(ctx, candidates[method][name], pruner)
+        model, record = prune_until(ctx, candidates[method][name], pruner)
         pruned.setdefault((pruner, method), {})[name] = model
         unpruned_macs = network_cost(candidates[method][name], example).macs
         runs.append({"split": key, "seed": seed, "pruner": pruner, "method": method, "network": name,

@@ -33,6 +33,7 @@ def retrain(
     lr: float = 1e-3,
     optimizer: Optimizer = "adam",
     momentum: float = 0.9,
+    nesterov: bool = False,
     weight_decay: float = 0.0,
     max_steps: int | None = None,
     inplace: bool = False,
@@ -47,7 +48,8 @@ def retrain(
             moved with the targets to the model's device (floating ones to its dtype).
         losses: ``{task: loss_fn(output, target)}``; the tasks trained.
         epochs, max_steps: passes over ``batches``; optional cap on optimiser steps.
-        optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``).
+        optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``; ``nesterov=True`` for
+            Nesterov momentum, the released PAM pruner's optimiser).
         progress: show a tqdm progress bar.
 
     Every module is left in the train/eval mode it had.
@@ -59,13 +61,19 @@ def retrain(
     check_choice("optimizer", optimizer, OPTIMIZERS)
     momentum = check_number("momentum", momentum, low=0.0)
     weight_decay = check_number("weight_decay", weight_decay, low=0.0)
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+    if nesterov and (optimizer != "sgd" or momentum == 0):
+        raise ValueError("nesterov=True needs optimizer='sgd' with momentum > 0")
     if max_steps is not None:
         check_int("max_steps", max_steps)
 
     def build(parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
         if optimizer == "adam":
             return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
-        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(
+            parameters, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+        )
 
     trained = model if inplace else copy.deepcopy(model)
     train_tasks(

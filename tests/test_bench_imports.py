@@ -31,6 +31,7 @@ METHOD_BUILDERS = {
     "cut_prune",
     "prune_by_masks",
     "prune_merged",
+    "prune_merged_gates",
     "speedup",
 }
 """Built through ``adapters.registry.build``, never imported by a benchmark."""

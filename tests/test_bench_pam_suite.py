@@ -194,6 +194,24 @@ def test_scene_attributes_merge_prune_and_report_end_to_end(
     assert "| warm + count |" in text
 
 
+def test_gates_pruner_on_a_fixed_schedule_runs_every_step(tmp_path: Path) -> None:
+    # tolerance 0 and patience 1: the tolerance schedule would stop at the first miss
+    options = {**TINY, "pruners": ("gates",), "groupings": ("paper",), "schedule": "fixed",
+               "accuracy_tolerance": 0.0, "patience": 1, "gate_batches": 2, "step_ratio": 0.2,
+               "pruned_groups": "shared", "max_pruning_steps": 2}  # fmt: skip
+    result = run_pam_suite(PAMSuiteConfig(**options, cache_dir=str(tmp_path)), progress=False)
+    runs = result["runs"]
+    assert {r["method"] for r in runs} == {"no-merge", "mtz", "pam-paper"}
+    for run in runs:
+        macs = [h["macs"] for h in run["history"]]
+        assert len(macs) == 3 and macs[0] > macs[1] > macs[2], run["method"]
+        kept = run["history"][run["steps"]]
+        assert run["macs"] == kept["macs"]
+        assert run["steps"] == 0 or run["meets_tolerance"]
+    text = render_pam(result)
+    assert "released PAM pruner" in text and "fixed schedule" in text
+
+
 BAD_CONFIGS: list[tuple[str, Any, type[Exception]]] = [
     ("splits", ("mnist",), ValueError),
     ("splits", "class_split", TypeError),
@@ -220,6 +238,10 @@ BAD_CONFIGS: list[tuple[str, Any, type[Exception]]] = [
     ("delete_groups", 1, TypeError),
     ("attribute_images", (100,), TypeError),
     ("attribute_images", (100, 1), ValueError),
+    ("pruners", ("gate",), ValueError),
+    ("schedule", "greedy", ValueError),
+    ("gate_batches", 0, ValueError),
+    ("gate_lr", 0.0, ValueError),
 ]
 
 

@@ -237,7 +237,7 @@ def test_the_registry_imports_nni_only_when_an_nni_entry_is_built():
 
 
 PRUNE_BUILT_IN = {
-    "torch_pruning": ["cut", "disparse", "magnitude", "merged", "random", "taylor"],
+    "torch_pruning": ["cut", "disparse", "magnitude", "merged", "merged-gates", "random", "taylor"],
     "nni": ["l1", "l2"],
 }
 

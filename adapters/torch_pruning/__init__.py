@@ -15,6 +15,7 @@ from adapters.torch_pruning.budget import search_ratio
 from adapters.torch_pruning.compaction import align_masks, prune_by_masks
 from adapters.torch_pruning.importance import CUTImportance
 from adapters.torch_pruning.merged import PRUNED_GROUPS, prune_merged
+from adapters.torch_pruning.merged_gates import prune_merged_gates, remove_neurons
 from adapters.torch_pruning.protection import output_layers
 from adapters.torch_pruning.pruner import CUTPruner, cut_prune
 from adapters.torch_pruning.serialization import load_pruned, pruning_history, save_pruned
@@ -32,7 +33,9 @@ __all__ = [
     "output_layers",
     "prune_by_masks",
     "prune_merged",
+    "prune_merged_gates",
     "pruning_history",
+    "remove_neurons",
     "save_pruned",
     "search_ratio",
 ]
