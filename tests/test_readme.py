@@ -246,6 +246,18 @@ def check_pam(ns: Namespace) -> None:
     assert list(ns["merged"].group_sizes()) == ["0", "3", "7", "9"]  # module names
 
 
+def check_gates(ns: Namespace) -> None:
+    merged, thinned = ns["merged"].group_sizes(), ns["thinned"].group_sizes()
+    assert list(thinned) == list(merged)
+    shared = [(layer, g) for layer, groups in merged.items() for g in groups
+              if len(ns["merged"].group_tasks[g]) >= 2]  # fmt: skip
+    assert sum(thinned[layer][g] for layer, g in shared) < sum(
+        merged[layer][g] for layer, g in shared
+    )
+    assert all(thinned[layer][g] == merged[layer][g]  # exclusive groups are not thinned
+               for layer, groups in merged.items() for g in groups if (layer, g) not in shared)  # fmt: skip
+
+
 def check_nni(ns: Namespace) -> None:
     outputs = outputs_of(ns["compact"], ns["example_inputs"])
     assert set(outputs) == {"seg", "depth"}
@@ -272,6 +284,7 @@ CHECKS: dict[str, Callable[[Namespace], None]] = {
     "cut-with-torch-pruning-1": check_cut,
     "cut-with-torch-pruning-2": check_step_by_step,
     "pam-and-mtz-1": check_pam,
+    "pam-and-mtz-2": check_gates,
     "nni-1": check_nni,
     "nni-2": check_agp,
     "shipping-to-a-device-1": check_shipping,
