@@ -120,7 +120,11 @@ def test_suites_are_data_and_every_setting_is_validated():
 
     raw = json.loads(SUITES_FILE.read_text())
     dense = {"dense", "dense-paper", "dense-subsets", "dense-subsets-low", "dense-subsets-weight"}
-    assert set(raw) == set(SUITES) == {"quick", "full", "pam-attributes", "pam-attributes-gates"} | dense
+    assert (
+        set(raw)
+        == set(SUITES)
+        == {"quick", "full", "pam-attributes", "pam-attributes-gates"} | dense
+    )
     for name, suite in SUITES.items():
         configs = suite.configs()
         assert list(configs) == list(raw[name]["parts"])

@@ -32,7 +32,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from cut_plugin.vocabulary import Loss
-from pam_plugin import MergedNetwork, delete_groups
+from pam_plugin import MergedNetwork, delete_groups, pruned_groups_of
 
 __all__ = ["PRUNED_GROUPS", "prune_merged"]
 
@@ -182,11 +182,13 @@ def _ignored_layers(model: MergedNetwork, pruned_groups: PrunedGroups) -> list[n
     ignored = [m for modules in model.output_layers().values() for m in modules]
     if pruned_groups == "all":
         return ignored
-    everyone = frozenset(model.tasks)
-    for groups_of_layer in model.layer_groups().values():
+    pruned = pruned_groups_of(model, pruned_groups)
+    for layer_name, groups_of_layer in model.layer_groups().items():
         for name, layer in groups_of_layer.items():
-            served = model.group_tasks[name]
-            if len(served) < 2 and served != everyone:
+            if (
+                name not in pruned.get(layer_name, ())
+                and layer_name not in model.output_layer_names
+            ):
                 ignored.append(layer)
     return ignored
 

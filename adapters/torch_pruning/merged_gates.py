@@ -27,8 +27,7 @@ from torch import Tensor
 
 from adapters.torch_pruning.compaction import prune_by_masks
 from cut_plugin.vocabulary import Loss
-from pam_plugin import MergedNetwork, delete_groups, retrain
-from pam_plugin.gates import GateRecorder, gate_keep
+from pam_plugin import GateRecorder, MergedNetwork, delete_groups, gate_keep, retrain
 
 __all__ = ["prune_merged_gates", "remove_neurons"]
 
