@@ -123,7 +123,7 @@ def test_suites_are_data_and_every_setting_is_validated():
     assert (
         set(raw)
         == set(SUITES)
-        == {"quick", "full", "pam-attributes", "pam-attributes-gates"} | dense
+        == {"quick", "full", "pam-attributes", "pam-attributes-gates", "pam-attributes-gates-finetuned"} | dense
     )
     for name, suite in SUITES.items():
         configs = suite.configs()
