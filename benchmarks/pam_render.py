@@ -139,7 +139,7 @@ def _render_one(metrics: dict[str, Any], entry: dict[str, Any], rows: list[dict[
         + f", fine-tuned {config['finetune_steps']} steps after each"
     )
     stop = (
-        f"all {config['max_pruning_steps']} steps run (fixed schedule)"
+        f"a fixed schedule of up to {config['max_pruning_steps']} steps"
         if config.get("schedule") == "fixed"
         else f"stopped after {config['patience']} misses in a row"
     )
