@@ -310,6 +310,8 @@ def test_bad_inputs_name_the_problem() -> None:
         prune_merged_gates(nn.Linear(2, 2), x[:2], data=[], losses={})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not a hidden layer"):
         remove_neurons(merged, x[:2], {"6": {}})
+    with pytest.raises(ValueError, match="keeps no neuron"):
+        remove_neurons(merged, x[:2], {"0": {"shared": torch.zeros(12, dtype=torch.bool)}})
     with pytest.raises(ValueError, match="bool tensor of shape"):
         remove_neurons(merged, x[:2], {"0": {g: torch.ones(2) for g in merged.group_sizes()["0"]}})
     with pytest.raises(ValueError, match="nesterov=True needs optimizer='sgd'"):

@@ -40,7 +40,8 @@ def remove_neurons(
     ``keep``: ``{layer module name: {group: bool Tensor(neurons,)}}`` (e.g.
     :func:`pam_plugin.gates.gate_keep`); groups not named keep every neuron. The
     copy is checked on ``example_inputs`` against ``merged`` with those neurons
-    masked (``prune_by_masks``).
+    masked (``prune_by_masks``). A channel that a residual addition couples to other
+    groups' channels goes only when every coupled producer drops it.
     """
     if not isinstance(merged, MergedNetwork):
         raise TypeError(f"merged must be a pam_plugin.MergedNetwork, got {type(merged).__name__}")
@@ -66,6 +67,11 @@ def remove_neurons(
             ):
                 raise ValueError(
                     f"keep[{layer!r}][{group!r}] must be a bool tensor of shape ({module.width},)"
+                )
+            if not bool(kept.any()):
+                raise ValueError(
+                    f"keep[{layer!r}][{group!r}] keeps no neuron; keep at least one, or delete the "
+                    f"group with merged.without_group({layer!r}, {group!r})"
                 )
             if bool(kept.all()):
                 continue
