@@ -119,11 +119,25 @@ def test_suites_are_data_and_every_setting_is_validated():
     from benchmarks.suites import SUITES, SUITES_FILE
 
     raw = json.loads(SUITES_FILE.read_text())
-    dense = {"dense", "dense-paper", "dense-subsets", "dense-subsets-low", "dense-subsets-weight", "dense-subsets-weight-low"}
+    dense = {
+        "dense",
+        "dense-paper",
+        "dense-subsets",
+        "dense-subsets-low",
+        "dense-subsets-weight",
+        "dense-subsets-weight-low",
+    }
     assert (
         set(raw)
         == set(SUITES)
-        == {"quick", "full", "pam-attributes", "pam-attributes-gates", "pam-attributes-gates-finetuned"} | dense
+        == {
+            "quick",
+            "full",
+            "pam-attributes",
+            "pam-attributes-gates",
+            "pam-attributes-gates-finetuned",
+        }
+        | dense
     )
     for name, suite in SUITES.items():
         configs = suite.configs()
