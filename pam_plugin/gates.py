@@ -45,7 +45,14 @@ from torch import Tensor, nn
 
 from pam_plugin.merged import GroupLayer, MergedNetwork
 
-__all__ = ["GATE_GROUPS", "GateRecorder", "GateScores", "gate_keep", "pruned_groups_of"]
+__all__ = [
+    "GATE_GROUPS",
+    "GateRecorder",
+    "GateScores",
+    "check_fraction",
+    "gate_keep",
+    "pruned_groups_of",
+]
 
 GateGroups = Literal["shared", "all"]
 GATE_GROUPS: tuple[GateGroups, ...] = ("shared", "all")
@@ -213,6 +220,13 @@ class GateRecorder:
         return result
 
 
+def check_fraction(value: Any, *, name: str = "fraction") -> float:
+    """``value`` as a float in [0, 1) (the share of neurons removed), or a ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1) (the share removed), got {value!r}")
+    return float(value)
+
+
 def gate_keep(
     merged: MergedNetwork,
     scores: Mapping[str, Mapping[str, Tensor]],
@@ -228,14 +242,7 @@ def gate_keep(
     ties go). A group left empty keeps its best neuron. Only those groups appear.
     """
     _check_merged(merged)
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, int | float)
-        or not 0.0 <= fraction < 1.0
-    ):
-        raise ValueError(
-            f"fraction must be a float in [0, 1) (the share removed), got {fraction!r}"
-        )
+    fraction = check_fraction(fraction)
     chosen = pruned_groups_of(merged, pruned_groups)
     sizes = merged.group_sizes()
     values: list[Tensor] = []

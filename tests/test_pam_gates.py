@@ -308,6 +308,10 @@ def test_bad_inputs_name_the_problem() -> None:
     merged, x = partly_shared()
     with pytest.raises(TypeError, match="MergedNetwork"):
         prune_merged_gates(nn.Linear(2, 2), x[:2], data=[], losses={})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pruning_ratio"):
+        prune_merged_gates(merged, x[:2], data=[], losses={}, pruning_ratio=1.0)  # before training
+    with pytest.raises(ValueError, match="pruned_groups"):
+        prune_merged_gates(merged, x[:2], data=[], losses={}, pruned_groups="exclusive")
     with pytest.raises(ValueError, match="not a hidden layer"):
         remove_neurons(merged, x[:2], {"6": {}})
     with pytest.raises(ValueError, match="keeps no neuron"):

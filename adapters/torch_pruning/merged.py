@@ -25,19 +25,21 @@ import copy
 import functools
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
 from cut_plugin.vocabulary import Loss
-from pam_plugin import MergedNetwork, delete_groups, pruned_groups_of
+from pam_plugin import GATE_GROUPS, MergedNetwork, delete_groups, pruned_groups_of
+from pam_plugin.gates import GateGroups
 
 __all__ = ["PRUNED_GROUPS", "prune_merged"]
 
-PrunedGroups = Literal["shared", "all"]
-PRUNED_GROUPS: tuple[PrunedGroups, ...] = ("shared", "all")
+PrunedGroups = GateGroups
+PRUNED_GROUPS: tuple[PrunedGroups, ...] = GATE_GROUPS
+"""The ``pruned_groups`` values (:func:`pam_plugin.pruned_groups_of`'s vocabulary)."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")

@@ -27,7 +27,15 @@ from torch import Tensor
 
 from adapters.torch_pruning.compaction import prune_by_masks
 from cut_plugin.vocabulary import Loss
-from pam_plugin import GateRecorder, MergedNetwork, delete_groups, gate_keep, retrain
+from pam_plugin import (
+    GateRecorder,
+    MergedNetwork,
+    delete_groups,
+    gate_keep,
+    pruned_groups_of,
+    retrain,
+)
+from pam_plugin.gates import check_fraction
 
 __all__ = ["prune_merged_gates", "remove_neurons"]
 
@@ -118,6 +126,8 @@ def prune_merged_gates(
     """
     if not isinstance(merged, MergedNetwork):
         raise TypeError(f"merged must be a pam_plugin.MergedNetwork, got {type(merged).__name__}")
+    check_fraction(pruning_ratio, name="pruning_ratio")
+    pruned_groups_of(merged, pruned_groups)  # both checked before the training, not after
     model = copy.deepcopy(merged)
     with GateRecorder(model) as gates:
         retrain(model, data, losses, lr=lr, optimizer="sgd", momentum=momentum,
