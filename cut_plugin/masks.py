@@ -139,8 +139,8 @@ def cut_masks(
     # One row per task over every used weight element: v_t = h_t / Σ h_t on its own weights
     # (torch's per-tensor sums added in order). Rows are filled with numpy: one copy and
     # one division each, no parallel region per tensor.
-    values = torch.empty(len(tasks), sum(sizes))
-    uses = torch.zeros(len(tasks), sum(sizes), dtype=torch.bool)
+    values = torch.empty(len(tasks), sum(sizes), device="cpu")
+    uses = torch.zeros(len(tasks), sum(sizes), dtype=torch.bool, device="cpu")
     rows, flags = values.numpy(), uses.numpy()
     offsets = [0, *itertools.accumulate(sizes)]
     zeros = np.zeros(max(sizes), dtype=np.float32)
@@ -176,7 +176,10 @@ def cut_masks(
     )
     if kept is None:
         kept = top_mask(fused, 1.0 - ratio)
-    masks = {n: m.reshape(prunable[n].shape) for n, m in zip(used, kept.split(sizes), strict=True)}
+    masks = {  # each on its parameter's device (the kernel runs on the host)
+        n: m.reshape(prunable[n].shape).to(prunable[n].device)
+        for n, m in zip(used, kept.split(sizes), strict=True)
+    }
     if log.isEnabledFor(logging.INFO):
         achieved = 1.0 - int(kept.count_nonzero()) / max(kept.numel(), 1)
         log.info("cut_masks: asked sparsity %.4f, achieved %.4f", ratio, achieved)

@@ -319,9 +319,10 @@ def block_diagonal(
         original = tensor_attribute(layer, "weight")
         source = original.reshape(original.shape[0], channels, factor, *kernel)
         if col_pos:
-            weight[torch.tensor(row_pos)[:, None], torch.tensor(col_pos)[None, :]] = source[
-                torch.tensor(row_src)[:, None], torch.tensor(col_src)[None, :]
-            ]
+            at = {"dtype": torch.long, "device": weight.device}
+            weight[torch.tensor(row_pos, **at)[:, None], torch.tensor(col_pos, **at)[None, :]] = (
+                source[torch.tensor(row_src, **at)[:, None], torch.tensor(col_src, **at)[None, :]]
+            )
         if bias is not None:
             bias[row_pos] = tensor_attribute(layer, "bias")[row_src]
     return weight.reshape(len(rows), len(columns) * factor, *kernel), bias

@@ -215,7 +215,8 @@ class GateRecorder:
             for group, module in groups.items():
                 total = self._sums.get((layer, group))
                 if total is None:
-                    total = torch.zeros(module.width, dtype=torch.float64)
+                    device = next(module.parameters()).device
+                    total = torch.zeros(module.width, dtype=torch.float64, device=device)
                 result[layer][group] = total / self._batches
         return result
 

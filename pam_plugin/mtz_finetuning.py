@@ -192,12 +192,15 @@ def _scatter(
         col_pos = [q for q, members in enumerate(column_members) if task in members]
         if not row_pos:
             continue
-        row_src = torch.tensor([row_members[p][task] for p in row_pos])
         target = tensor_attribute(layer, "weight")
+        at = {"dtype": torch.long, "device": target.device}
+        row_src = torch.tensor([row_members[p][task] for p in row_pos], **at)
         view = target.view(target.shape[0], -1, factor, *kernel)
         if col_pos:
-            col_src = torch.tensor([column_members[q][task] for q in col_pos])
-            picked = block[torch.tensor(row_pos)[:, None], torch.tensor(col_pos)[None, :]]
+            col_src = torch.tensor([column_members[q][task] for q in col_pos], **at)
+            picked = block[
+                torch.tensor(row_pos, **at)[:, None], torch.tensor(col_pos, **at)[None, :]
+            ]
             view[row_src[:, None], col_src[None, :]] = picked.to(target.dtype)
         if isinstance(bias, Tensor):
             tensor_attribute(layer, "bias")[row_src] = bias[row_pos].to(target.dtype)

@@ -101,7 +101,9 @@ def _relevances(features: Tensor, labels: Sequence[Tensor], sigma2: float) -> li
         for k, structure in enumerate(structures):
             parts[k].append(information_from_distances(distances, structure, sigma2=sigma2))
     return [
-        (torch.cat(p) / h).clamp_(0.0, 1.0) if h > 0 else torch.zeros(neurons, dtype=torch.float64)
+        (torch.cat(p) / h).clamp_(0.0, 1.0)
+        if h > 0
+        else torch.zeros(neurons, dtype=torch.float64, device=values.device)
         for p, h in zip(parts, entropies, strict=True)
     ]
 

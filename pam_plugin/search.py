@@ -19,8 +19,11 @@ Implementation notes:
 - Constant neurons (the same finite value on every sample, e.g. dead ReLUs)
   have ``k_i ≡ 1``: they share one kernel column, and adding one leaves
   ``D_S`` as it is, so that step keeps every score instead of recomputing them.
-- Ties go to the lowest index (as the naive reference does); a NaN score is
-  never picked (nor by the naive search).
+- Ties go to the lowest index, in both searches: scores within
+  :func:`tie_tolerance` of the smallest (a few ulps of the computation's dtype)
+  are ties, because the two searches sum the same terms in different orders and
+  an exact tie (two neurons symmetric in the data) can come out one ulp apart.
+  A NaN score is never picked.
 - ``incremental=False`` is the naive reference: every candidate's distances are
   recomputed from its set's activations (for tests and the speed benchmark).
 """
@@ -148,11 +151,14 @@ def _incremental(
 
     # left[b, 0, j] = K_S[b, j]; left[b, 1 + l, j] = K_S[b, j] if y_bl == y_jl else 0
     masks = torch.cat(
-        [torch.ones(1, num_samples, num_samples, dtype=torch.bool), structure.masks]
+        [
+            torch.ones(1, num_samples, num_samples, dtype=torch.bool, device=values.device),
+            structure.masks.to(values.device),
+        ]
     ).permute(1, 0, 2).to(values.dtype).contiguous()  # fmt: skip
-    set_distances = torch.zeros(num_samples, num_samples, dtype=values.dtype)
+    set_distances = torch.zeros(num_samples, num_samples, dtype=values.dtype, device=values.device)
     index = columns.clone()  # neuron of each column, for ties: the lowest index wins
-    scores = torch.empty(width, dtype=values.dtype)
+    scores = torch.empty(width, dtype=values.dtype, device=values.device)
     stale = True
     chosen: list[int] = []
     path: list[float] = []
@@ -166,10 +172,11 @@ def _incremental(
         best_score = scores.min()
         if not best_score < math.inf or not best_score <= alpha:
             break
-        column = int(torch.where(scores == best_score, index, num_neurons).argmin())
+        near = scores <= best_score + tie_tolerance(float(best_score), scores.dtype)
+        column = int(torch.where(near, index, num_neurons).argmin())
         best = int(index[column])
         chosen.append(best)
-        path.append(float(best_score))
+        path.append(float(scores[column]))
         if spare and best == spare[0]:
             # a constant neuron leaves the set's distances, so every score, as they are
             spare.pop(0)
@@ -184,6 +191,11 @@ def _incremental(
     return chosen, path
 
 
+def tie_tolerance(score: float, dtype: torch.dtype) -> float:
+    """How far above the smallest score a score still ties with it: 64 ulps of ``dtype`` at its size."""
+    return 64 * torch.finfo(dtype).eps * max(1.0, abs(score))
+
+
 def _naive(
     values: Tensor, structure: LabelStructure, alpha: float, sigma2: float
 ) -> tuple[list[int], list[float]]:
@@ -191,14 +203,20 @@ def _naive(
     path: list[float] = []
     remaining = list(range(values.shape[1]))
     while remaining:
-        best, best_score = -1, math.inf
+        scores = {}
         for candidate in remaining:
             distances = squared_distances(values[:, [*chosen, candidate], :])
             score = float(information_from_distances(distances, structure, sigma2=sigma2))
-            if score < best_score:
-                best, best_score = candidate, score
-        if best < 0 or not best_score <= alpha:
+            if not math.isnan(score):
+                scores[candidate] = score
+        if not scores:
             break
+        smallest = min(scores.values())
+        limit = smallest + tie_tolerance(smallest, values.dtype)
+        if not smallest <= alpha:
+            break
+        best = min(c for c, s in scores.items() if s <= limit)
+        best_score = scores[best]
         chosen.append(best)
         path.append(best_score)
         remaining.remove(best)

@@ -201,7 +201,9 @@ def euclidean_costs(a: Tensor, b: Tensor, has_bias: bool) -> Tensor:
 def _damped(matrix: Tensor, damping: float) -> Tensor:
     diagonal = matrix.diagonal(dim1=1, dim2=2)
     ridge = damping * diagonal.mean(dim=1).clamp_min(1e-12)
-    return matrix + ridge[:, None, None] * torch.eye(matrix.shape[-1], dtype=matrix.dtype)
+    return matrix + ridge[:, None, None] * torch.eye(
+        matrix.shape[-1], dtype=matrix.dtype, device=matrix.device
+    )
 
 
 def _zipped(a: Tensor, b: Tensor, h_a: Tensor, h_b: Tensor, damping: float) -> Tensor:
@@ -258,8 +260,8 @@ def pair_neurons(
         else:
             costs = euclidean_costs(weights, coefficients[task], has_bias)
         pairs = _greedy_pairs(costs, min(count, len(members)))
-        rows = torch.tensor([i for i, _ in pairs], dtype=torch.long)
-        cols = torch.tensor([j for _, j in pairs], dtype=torch.long)
+        rows = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=weights.device)
+        cols = torch.tensor([j for _, j in pairs], dtype=torch.long, device=weights.device)
         weights = _merge_step(
             rule, weights[rows], coefficients[task][cols], metric, metrics[task], done, damping
         )

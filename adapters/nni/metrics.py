@@ -29,6 +29,7 @@ Implementation notes:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -65,16 +66,19 @@ def unit_metrics(
     keys = list(shapes)
     sizes = [int(torch.Size(shapes[k][0]).numel()) for k in keys]
     grain = torch.cat(
-        [torch.full((n,), float(shapes[k][1])) for k, n in zip(keys, sizes, strict=True)]
+        [
+            torch.full((n,), float(shapes[k][1]), device="cpu")
+            for k, n in zip(keys, sizes, strict=True)
+        ]
     )
     tasks = [t for t in blocks if any(k in blocks[t] for k in keys)]
     num_blocks = grain.numel()
     if not tasks:
-        score = torch.zeros(num_blocks)
+        score = torch.zeros(num_blocks, device="cpu")
     else:
-        values = torch.zeros(len(tasks), num_blocks)
-        used = torch.zeros(len(tasks), num_blocks, dtype=torch.bool)
-        offsets = dict(zip(keys, torch.tensor([0, *sizes]).cumsum(0).tolist(), strict=False))
+        values = torch.zeros(len(tasks), num_blocks, device="cpu")
+        used = torch.zeros(len(tasks), num_blocks, dtype=torch.bool, device="cpu")
+        offsets = dict(zip(keys, itertools.accumulate([0, *sizes]), strict=False))
         for row, task in enumerate(tasks):
             total = float(totals.get(task, 0.0)) or 1.0
             for key, value in blocks[task].items():
@@ -96,8 +100,8 @@ def unit_metrics(
         )
         score = fused if kept is None else kept.float() * 2.0 + fused
     order = torch.argsort(score, stable=True)
-    rank = torch.empty(num_blocks)
-    rank[order] = torch.arange(1, num_blocks + 1, dtype=torch.float32) / num_blocks
+    rank = torch.empty(num_blocks, device="cpu")
+    rank[order] = torch.arange(1, num_blocks + 1, dtype=torch.float32, device="cpu") / num_blocks
     return {
         key: piece.reshape(shapes[key][0])
         for key, piece in zip(keys, rank.split(sizes), strict=True)

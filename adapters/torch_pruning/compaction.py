@@ -49,8 +49,8 @@ def _removable_channels(group: Any, weights: Mapping[int, Tensor]) -> Tensor | N
             return None
         zero = _zero_rows(weights[id(layer)], idxs, bool(getattr(layer, "transposed", False)))
         if removable is None:
-            removable = torch.ones(len(group[0].idxs), dtype=torch.bool)
-        index = torch.tensor(list(root_idxs), dtype=torch.long)
+            removable = torch.ones(len(group[0].idxs), dtype=torch.bool, device=zero.device)
+        index = torch.tensor(list(root_idxs), dtype=torch.long, device=zero.device)
         removable[index] &= zero
     return removable
 
