@@ -164,7 +164,7 @@ def tp_pruner(importance: str) -> Callable[..., Any]:
             f"pruner {importance!r}",
             ["example_inputs", "pruning_ratio", "ignored_layers"],
         )
-        example = as_example_inputs(example_inputs)
+        example = as_example_inputs(example_inputs, model)
         ignored = list(ignored_layers or [])
         if not inplace:  # Torch-Pruning prunes pruner.model in place: give it a copy
             memo: dict[int, Any] = {}

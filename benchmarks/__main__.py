@@ -14,13 +14,18 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from benchmarks.dense_suite import DENSE_DATA, data_settings
 from benchmarks.needs import MissingNeeds
 from benchmarks.report import summarise, update_readme
 from benchmarks.suites import DEVICES, SUITES, previous_run, run_suite
 
-DEFAULTS = {"suite": "quick", "seed": 0, "parts": None, "device": "cpu"}
-"""``run``'s defaults when not resuming; a resumed run takes the earlier run's instead."""
+DEFAULTS = {"suite": "quick", "seed": 0, "parts": None, "device": None}
+"""``run``'s defaults when not resuming; a resumed run takes the earlier run's instead.
+
+``device`` None: ``cuda`` when ``torch.cuda.is_available()``, else ``cpu``.
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, default=None, help="default 0")
     run.add_argument("--parts", nargs="+", default=None, help="run only these parts of the suite")
-    run.add_argument("--device", default=None, choices=DEVICES, help="cpu (cuda: not yet)")
+    run.add_argument(
+        "--device",
+        default=None,
+        choices=DEVICES,
+        help="cpu, or cuda: the dense, cut and pam parts train there (latencies stay CPU); "
+        "default cuda when a GPU is visible, else cpu",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument(
         "--data",
@@ -105,7 +116,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             seed=settings["seed"],
             progress=not args.no_progress,
             parts=settings["parts"],
-            device=settings["device"],
+            device=settings["device"] or ("cuda" if torch.cuda.is_available() else "cpu"),
             out=out,
             resume=args.resume is not None,
             skip_missing=args.skip_missing,

@@ -21,9 +21,10 @@ from torch import nn
 from adapters.registry import build
 from adapters.torch_pruning import count_macs
 from benchmarks.data import TaskData, batches
+from benchmarks.devices import host, model_device
 from cut_plugin import apply_masks, prunable_weights, read_record, score_tasks, select_tasks
 
-__all__ = ["CUT_METHODS", "Context", "Method", "check_table", "global_masks"]
+__all__ = ["CUT_METHODS", "Context", "Method", "check_table", "global_masks", "reinitialised"]
 
 
 @dataclass
@@ -57,12 +58,7 @@ class Context:
 
     def fresh_model(self) -> nn.Module:
         """The same architecture at a fresh random initialisation (for the at-init baselines)."""
-        fresh = copy.deepcopy(self.model)
-        torch.manual_seed(self.seed + 1)
-        for module in fresh.modules():
-            if hasattr(module, "reset_parameters") and module is not fresh:
-                module.reset_parameters()
-        return fresh
+        return reinitialised(self.model, self.seed + 1)
 
 
 Method = Callable[[Context], tuple[nn.Module, dict[str, torch.Tensor] | None]]
@@ -105,12 +101,27 @@ def registered(
     return method
 
 
+def reinitialised(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with every submodule's ``reset_parameters()`` run under ``seed``.
+
+    Drawn on the host and moved back, so a seed gives the same weights on every device.
+    """
+    device = model_device(model)
+    fresh = copy.deepcopy(model).cpu()
+    torch.manual_seed(seed)
+    with host():
+        for module in fresh.modules():
+            if hasattr(module, "reset_parameters") and module is not fresh:
+                module.reset_parameters()
+    return fresh.to(device)
+
+
 def global_masks(scores: Mapping[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
     """Keep the ``round((1 - ratio) · n)`` largest scores over all tensors together (True = keep)."""
     names = list(scores)
     flat = torch.cat([scores[n].reshape(-1) for n in names])
     k = min(flat.numel(), max(0, round((1.0 - ratio) * flat.numel())))
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k > 0:
         keep[torch.topk(flat.float(), k, sorted=False).indices] = True
     pieces = keep.split([scores[n].numel() for n in names])
@@ -140,7 +151,8 @@ def random_at_init(ctx: Context) -> tuple[nn.Module, dict]:
     selected = select_tasks(ctx.fresh_model(), ctx.tasks)
     generator = torch.Generator().manual_seed(ctx.seed + 2)
     scores = {
-        n: torch.rand(w.shape, generator=generator) for n, w in prunable_weights(selected).items()
+        n: torch.rand(w.shape, generator=generator, device="cpu")  # the same draw on any device
+        for n, w in prunable_weights(selected).items()
     }
     masks = global_masks(scores, ctx.ratio)
     return apply_masks(selected, masks, inplace=True), masks
@@ -149,11 +161,7 @@ def random_at_init(ctx: Context) -> tuple[nn.Module, dict]:
 def scratch(ctx: Context) -> tuple[nn.Module, None]:
     """Control: CUT's compact architecture re-initialised, trained with the same budget."""
     compact, _ = CUT_METHODS["cut"](ctx)
-    torch.manual_seed(ctx.seed + 3)
-    for module in compact.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return compact, None
+    return reinitialised(compact, ctx.seed + 3), None
 
 
 CUT_METHODS: dict[str, Method] = {

@@ -76,10 +76,12 @@ def run_cut_suite(
     seed: int = 0,
     progress: bool = True,
     cache_dir: str | os.PathLike[str] = ".cache/cut-pam",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run every method on every subset × ratio; return ``{"config", "pretrained_accuracy", "rows"}``.
 
-    The pre-trained model is trained once and cached in ``cache_dir``.
+    The pre-trained model is trained once and cached in ``cache_dir``. ``device``:
+    where the models train, are pruned and evaluated (latencies stay CPU latencies).
     """
     data = load_data(config.data, seed=seed, **config.data_kwargs)
     model = pretrained(
@@ -91,6 +93,7 @@ def run_cut_suite(
         epochs=config.pretrain_epochs,
         batch_size=config.batch_size,
         progress=progress,
+        device=device,
     )
     base_accuracy = evaluate(model, data)
     rows: list[dict[str, Any]] = []
@@ -239,4 +242,5 @@ PART = Part(
         *data_needs(config.data, config.data_kwargs),
         *[module_need("nni", f"method {m}") for m in config.methods if m.startswith("nni-")],
     ],
+    devices=("cpu", "cuda"),
 )

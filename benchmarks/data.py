@@ -108,7 +108,7 @@ class TaskData:
 
         def own(split: Split) -> Split:
             target = split.targets[task]
-            keep = torch.ones(len(split), dtype=torch.bool)
+            keep = torch.ones(len(split), dtype=torch.bool, device=target.device)
             if target.dim() == 1:
                 keep = target != IGNORE_INDEX
             return split.select(torch.nonzero(keep).flatten(), [task])
@@ -139,9 +139,10 @@ def batches(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     n = len(data)
     if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed), device="cpu")
     else:
-        order = torch.arange(n)
+        order = torch.arange(n, device="cpu")
+    order = order.to(data.inputs.device)
     stop = n - n % batch_size if drop_last else n
     return (
         (data.inputs[index], {t: v[index] for t, v in data.targets.items()})
@@ -362,7 +363,12 @@ def _load_celeba(**kwargs: Any) -> TaskData:
 
 
 def load_data(key: str, **kwargs: Any) -> TaskData:
-    """Build the registered dataset ``key`` (see ``DATASETS``) with ``kwargs``."""
+    """Build the registered dataset ``key`` (see ``DATASETS``) with ``kwargs``.
+
+    Data is made on the host (the CPU) whatever torch's default device is; models
+    take their batches to their own device (``benchmarks.devices``).
+    """
     if key not in DATASETS:
         raise ValueError(f"unknown data key {key!r}; choose from {sorted(DATASETS)}")
-    return DATASETS[key](**kwargs)
+    with torch.device("cpu"):
+        return DATASETS[key](**kwargs)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from benchmarks.data import IGNORE_INDEX, Split, TaskData, batches
 from benchmarks.dense_metrics import PRIMARY, delta_m, metric_for
+from benchmarks.devices import forward, on_host
 
 __all__ = [
     "DENSE_LOSSES",
@@ -106,7 +107,7 @@ def dense_scores(
     metrics: dict[str, Any] = {}
     try:
         for inputs, targets in batches(split, batch_size, shuffle=False):
-            outputs = model(inputs)
+            outputs = on_host(forward(model, inputs))
             names = [t for t in (tasks or outputs) if t in outputs and t in targets]
             for task in names:
                 kind = _kind(data, task)

@@ -87,7 +87,7 @@ class SegmentationMetric:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device="cpu")
 
     def reset(self) -> None:
         self.confusion.zero_()
@@ -231,7 +231,7 @@ class NormalMetric:
         self.angles.append(torch.rad2deg(torch.acos(cos)).float().cpu())
 
     def compute(self) -> dict[str, float]:
-        angles = torch.cat(self.angles) if self.angles else torch.empty(0)
+        angles = torch.cat(self.angles) if self.angles else torch.empty(0, device="cpu")
         n = angles.numel()
         if n == 0:
             raise ValueError("NormalMetric: no valid normal pixel (|target| > 0.5) accumulated yet")

@@ -168,10 +168,12 @@ def run_dense_suite(
     seed: int = 0,
     progress: bool = True,
     cache_dir: str | os.PathLike[str] = ".cache/cut-pam",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Every method on every seed × subset × ratio; ``{"config", "dense", "rows"}``.
 
-    The suite's ``seed`` offsets ``config.seeds``. Each row holds the method's
+    The suite's ``seed`` offsets ``config.seeds``. ``device``: where the models
+    train, are pruned and evaluated (:mod:`benchmarks.devices`; latencies stay CPU). Each row holds the method's
     test metrics and Δm (vs the dense model of its seed) per budget, the
     validation-chosen step, params, MACs, latency and the method's run time.
     """
@@ -187,7 +189,7 @@ def run_dense_suite(
         model = pretrained(
             config.model, data, seed=run_seed, cache_dir=cache_dir,
             model_kwargs=config.model_kwargs, epochs=config.pretrain_epochs,
-            lr=config.pretrain_lr, batch_size=config.batch_size, progress=progress,
+            lr=config.pretrain_lr, batch_size=config.batch_size, progress=progress, device=device,
         )  # fmt: skip
         val = data.val if data.val is not None else data.test
         for subset in config.subsets:
@@ -269,4 +271,5 @@ PART = Part(
         *[module_need("nni", f"method {m}") for m in config.methods if m.startswith("nni-")],
     ],
     headline=dense_headline,
+    devices=("cpu", "cuda"),
 )

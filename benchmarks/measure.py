@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks.devices import cpu_copy
+
 __all__ = ["environment", "git_sha", "latency_ms", "peak_memory", "timed"]
 
 
@@ -24,11 +26,14 @@ __all__ = ["environment", "git_sha", "latency_ms", "peak_memory", "timed"]
 def latency_ms(
     model: nn.Module, x: Tensor, *, repeats: int = 20, warmup: int = 3, threads: int | None = 1
 ) -> float:
-    """Median wall-clock milliseconds of ``model(x)`` in eval mode (mode restored).
+    """Median wall-clock milliseconds of ``model(x)`` in eval mode (mode restored), on the CPU.
 
     ``threads=1`` (default) measures one CPU core, as on a small edge device, and
     keeps the figure stable on a shared machine; ``None`` uses torch's setting.
+    A model on another device is timed as a CPU copy (the protocol's latencies are
+    edge CPU latencies, under ``--device cuda`` too).
     """
+    model, x = cpu_copy(model), x.cpu()
     was_training = model.training
     previous = torch.get_num_threads()
     model.eval()

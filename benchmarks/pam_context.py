@@ -33,7 +33,11 @@ def guarded_loss(loss: Loss, output: Tensor, target: Tensor) -> Tensor:
 def own_rows(split: Split, task: str) -> Split:
     """The rows of ``split`` that belong to ``task`` (every row for 0/1 labels), only its target."""
     target = split.targets[task]
-    keep = torch.ones(len(split), dtype=torch.bool) if target.dim() > 1 else target != IGNORE_INDEX
+    keep = (
+        torch.ones(len(split), dtype=torch.bool, device=target.device)
+        if target.dim() > 1
+        else target != IGNORE_INDEX
+    )
     return split.select(torch.nonzero(keep).flatten(), [task])
 
 
@@ -81,10 +85,16 @@ class PAMContext:
         return model
 
 
-def prepare_context(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> PAMContext:
-    """Load ``key``, hold out validation images, train (or load) the single-task networks."""
+def prepare_context(
+    key: str, config: PAMSuiteConfig, seed: int, progress: bool, device: str = "cpu"
+) -> PAMContext:
+    """Load ``key``, hold out validation images, train (or load) the single-task networks.
+
+    The networks live on ``device``; the data, merge images included, on the host.
+    """
     full = load_data(key, seed=seed, **config.data_options(key))
-    order = torch.randperm(len(full.train), generator=torch.Generator().manual_seed(seed + 1))
+    generator = torch.Generator().manual_seed(seed + 1)
+    order = torch.randperm(len(full.train), generator=generator, device="cpu")
     held = round(config.validation_fraction * len(order))
     validation, train = full.train.select(order[:held]), full.train.select(order[held:])
     data_config = {**full.config, "validation_fraction": config.validation_fraction}
@@ -94,12 +104,13 @@ def prepare_context(key: str, config: PAMSuiteConfig, seed: int, progress: bool)
         t: pretrained(
             model, data, seed=seed, task=t, model_kwargs=options, epochs=config.pretrain_epochs,
             batch_size=config.batch_size, cache_dir=config.cache_dir, progress=progress,
+            device=device,
         )
         for t in data.task_names
     }  # fmt: skip
     reference = {t: evaluate(n, own_rows(validation, t), batch_size=config.eval_batch_size)[t]
                  for t, n in networks.items()}  # fmt: skip
-    merge = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 2))
+    merge = torch.randperm(len(train), generator=generator.manual_seed(seed + 2), device="cpu")
     merge = merge[: config.merge_samples]
     labels = {t: train.targets[t][merge] for t in data.task_names}
     return PAMContext(key, data, validation, train.inputs[merge], labels, networks, reference,

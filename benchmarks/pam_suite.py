@@ -156,9 +156,11 @@ def _costs(models: Mapping[str, MergedNetwork], example: Tensor) -> dict[frozens
     return combination_costs(dict(models), example)
 
 
-def _run_split(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> dict[str, Any]:
+def _run_split(
+    key: str, config: PAMSuiteConfig, seed: int, progress: bool, device: str
+) -> dict[str, Any]:
     """Everything of one split: references, merges, runs, rows and summaries per pruner."""
-    ctx = prepare_context(key, config, seed, progress)
+    ctx = prepare_context(key, config, seed, progress, device)
     tasks = ctx.data.task_names
     single = {
         "validation": ctx.reference,
@@ -203,7 +205,7 @@ def _run_split(key: str, config: PAMSuiteConfig, seed: int, progress: bool) -> d
 
 
 def run_pam_suite(
-    config: PAMSuiteConfig, *, seed: int = 0, progress: bool = True
+    config: PAMSuiteConfig, *, seed: int = 0, progress: bool = True, device: str = "cpu"
 ) -> dict[str, Any]:
     """Run every split × pruner × method; a JSON-serialisable dict of measured results.
 
@@ -217,7 +219,8 @@ def run_pam_suite(
     ``summary``, one per split × seed × pruner (total MACs over all
     combinations, before and after pruning, their ratios and caps, the best
     combination's ratio); ``models`` ``{split: {"name", "options"}}``, the
-    single-task networks. Seeds are JSON keys, so strings.
+    single-task networks. Seeds are JSON keys, so strings. ``device``: where the
+    networks train, merge and prune (the data stays on the host).
     """
     if not isinstance(config, PAMSuiteConfig):
         raise TypeError(f"config must be a PAMSuiteConfig, got {type(config).__name__}")
@@ -227,7 +230,9 @@ def run_pam_suite(
     seeds = [seed + s for s in config.seeds]
     try:
         parts = {
-            (key, s): _run_split(key, config, s, progress) for s in seeds for key in config.splits
+            (key, s): _run_split(key, config, s, progress, device)
+            for s in seeds
+            for key in config.splits
         }
     finally:
         torch.set_num_threads(threads)
@@ -257,4 +262,5 @@ PART = Part(
     plots=lambda metrics, out, plt: plot_pam({"metrics": {"pam": metrics}}, out, plt),
     needs=lambda config: [need for key in config.splits for need in data_needs(key)],
     headline=pam_headline,
+    devices=("cpu", "cuda"),
 )

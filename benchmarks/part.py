@@ -61,6 +61,10 @@ class Part:
     ``results.json["headline"]``, BENCHMARKS.md: ``id``, ``setting``,
     ``value``, ``unit`` and where they apply ``ci95``, ``seeds``,
     ``baseline``, ``goal``). ``title`` heads the part's section of report.md.
+    ``devices``: where the part can run (:mod:`benchmarks.devices`); a part that
+    lists ``"cuda"`` takes ``run(..., device=...)``, the others are CPU
+    measurements by design (latency, edge, memory) and run on the CPU under
+    ``--device cuda`` too.
     """
 
     name: str
@@ -72,6 +76,11 @@ class Part:
     plots: Callable[[Any, Path, Any], list[str]] = no_plots
     needs: Callable[[Any], list[Need]] = no_needs
     headline: Callable[[Any], list[dict[str, Any]]] = no_headline
+    devices: tuple[str, ...] = ("cpu",)
+
+    def device_for(self, device: str) -> str:
+        """Where this part runs when the suite runs on ``device`` (the CPU if it cannot go there)."""
+        return device if device.split(":", 1)[0] in self.devices else "cpu"
 
     def configure(self, settings: Mapping[str, Any] | None = None) -> Any:
         """The part's config from a suite's settings (JSON lists become tuples where a field is one)."""

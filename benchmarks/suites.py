@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks.devices import DEVICES, check_device
 from benchmarks.measure import environment, git_sha
 from benchmarks.needs import PLOTS, MissingNeeds, Need, missing_needs, module_need
 from benchmarks.parts import PART_ALIASES, PARTS
@@ -45,7 +46,6 @@ TRACEBACK_LINES = 30
 """How many of a failed part's last traceback lines results.json keeps."""
 
 SUITES_FILE = Path(__file__).with_name("suites.json")
-DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -111,9 +111,9 @@ def suite_needs(
 ) -> dict[str, list[Need]]:
     """``{part: needs}`` of the selected parts' configs, plus :data:`PLOTS` (matplotlib) if ``plots``."""
     needs = {part: list(PARTS[part].needs(config)) for part, config in configs.items()}
-    if device == "cuda":
-        for part in needs:
-            needs[part].append(Need("cuda", "cuda", f"--device cuda for {part}"))
+    for part in needs:
+        if PARTS[part].device_for(device) != "cpu":
+            needs[part].append(Need("cuda", "cuda", f"--device {device} for {part}"))
     if plots:
         needs[PLOTS] = [module_need("matplotlib", "the report's plots")]
     return needs
@@ -169,24 +169,24 @@ def run_suite(
     (e.g. the dense part's data, from ``--data nyuv2 --data-root DIR``); they are
     part of each part's version, so ``resume`` reruns a part whose settings changed.
 
-    ``device``: only ``"cpu"`` today (the protocol's latencies are CPU latencies);
-    ``"cuda"`` is refused with an error rather than silently measured on the CPU.
+    ``device``: ``"cpu"`` or ``"cuda"`` (``"cuda:N"``). The parts that list it in
+    ``Part.devices`` (dense, cut, pam) train, prune and evaluate there; the CPU
+    measurements (latency, edge, memory) stay on the CPU, and their latencies are
+    CPU latencies everywhere. ``run_info.part_devices`` records where each ran. A
+    missing CUDA device is a missing need (``skip_missing`` skips those parts).
     """
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; choose from {sorted(SUITES)}")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
-    if device != "cpu":
-        raise ValueError(
-            f"device {device!r}: the benchmark parts run on the CPU only for now; use --device cpu"
-        )
+    if not isinstance(device, str) or device.split(":", 1)[0] not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)} (or 'cuda:N'), got {device!r}")
     if resume and out is None:
         raise ValueError("resume=True needs the output folder of the run to continue (out=...)")
     suite = SUITES[name]
     chosen = _chosen_parts(name, suite, parts)
     every = suite.configs(overrides)  # every part's settings checked before the first one runs
     configs = {part: every[part] for part in chosen}
-    versions = {p: part_version(configs[p], seed=seed, device=device) for p in chosen}
+    devices = {p: PARTS[p].device_for(device) for p in chosen}
+    versions = {p: part_version(configs[p], seed=seed, device=devices[p]) for p in chosen}
     kept, rerun = kept_parts(previous_run(out), versions) if resume else ({}, {})
     to_run = {p: configs[p] for p in chosen if p not in kept}  # kept parts need nothing now
     missing = missing_needs(suite_needs(to_run, device=device, plots=out is not None))
@@ -201,6 +201,7 @@ def run_suite(
         "parts": chosen,
         "seed": seed,
         "device": device,
+        "part_devices": devices,
         "git_sha": git_sha(),
         "code_version": code_version(),
         "started": started,
@@ -249,7 +250,10 @@ def run_suite(
         )
         t0 = time.perf_counter()
         try:
-            metrics = PARTS[part].run(configs[part], seed=seed, progress=progress)
+            where_to = (
+                {} if devices[part] == "cpu" else {"device": str(check_device(devices[part]))}
+            )
+            metrics = PARTS[part].run(configs[part], seed=seed, progress=progress, **where_to)
         except KeyboardInterrupt:
             info.update(status="interrupted", interrupted_part=part)
             save()

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.data import IGNORE_INDEX, Split, TaskData, batches, load_data
+from benchmarks.devices import forward, host, model_device, on_host
 from benchmarks.models import build_model
 from cut_plugin import train_tasks
 from cut_plugin.vocabulary import Loss, check_int
@@ -101,7 +102,7 @@ def evaluate(
     total: dict[str, float] = {}
     try:
         for inputs, targets in source:
-            outputs = _as_dict(model(inputs), targets)
+            outputs = on_host(_as_dict(forward(model, inputs), targets))
             for task, target in targets.items():
                 if task not in outputs:
                     continue
@@ -201,6 +202,7 @@ def pretrained(
     cache_dir: str | os.PathLike[str] = ".cache/cut-pam",
     retrain: bool = False,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
     """A zoo model ``name`` trained on ``data_key``, from the disk cache when it is there.
 
@@ -211,6 +213,10 @@ def pretrained(
     Tensor), like the networks PAM merges. ``model_kwargs`` go to
     ``build_model``. The result is in eval mode. ``retrain=True`` ignores and
     overwrites the cache. :func:`pretrained_record` gives the training record.
+
+    ``device``: where the model trains and is returned. It is built on the host
+    first (the same initial weights on every device) and cached as CPU tensors,
+    so a cached model serves every device; the cache key does not name one.
     """
     training = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay}
     plan = _plan(
@@ -224,7 +230,9 @@ def pretrained(
         cache_dir=cache_dir,
     )
     torch.manual_seed(seed)
-    model = build_model(name, **plan.options)
+    with host():
+        model = build_model(name, **plan.options)
+    model.to(device)
     if plan.weights.is_file() and not retrain:
         state = torch.load(plan.weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
@@ -251,9 +259,10 @@ def pretrained(
         "cpu_seconds_per_epoch": cpu_seconds / epochs,  # all threads; robust to a busy machine
         "loss_history": history,
         "torch": torch.__version__,
+        "device": str(model_device(model)),
     }
     plan.weights.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomic(plan.weights, lambda p: torch.save(model.state_dict(), p))
+    _save_atomic(plan.weights, lambda p: torch.save(on_host(model.state_dict()), p))
     _save_atomic(plan.record, lambda p: p.write_text(json.dumps(record, indent=2, default=str)))
     return model.eval()
 

@@ -43,9 +43,12 @@ class Cost:
         return Cost(self.macs + other.macs, self.params + other.params)
 
 
-def _inputs(example_inputs: Any) -> tuple[Tensor, ...]:
-    """Example inputs as a tuple of Tensors whose first has a batch dimension (costs are per sample)."""
-    inputs = as_example_inputs(example_inputs, tensors_only=True)
+def _inputs(example_inputs: Any, network: nn.Module | None = None) -> tuple[Tensor, ...]:
+    """Example inputs as a tuple of Tensors whose first has a batch dimension (costs are per sample).
+
+    With ``network``, on its device and in its dtype.
+    """
+    inputs = as_example_inputs(example_inputs, network, tensors_only=True)
     if inputs[0].dim() < 1:
         raise TypeError("example_inputs must be a Tensor (B, ...) or a tuple of Tensors")
     return inputs
@@ -58,7 +61,7 @@ def network_cost(network: nn.Module, example_inputs: Any) -> Cost:
     """
     if not isinstance(network, nn.Module):
         raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
-    inputs = _inputs(example_inputs)
+    inputs = _inputs(example_inputs, network)
     batch = inputs[0].shape[0]
     total = 0
 

@@ -78,7 +78,7 @@ def delete_groups(
         raise TypeError(f"merged must be a pam_plugin.MergedNetwork, got {type(merged).__name__}")
     if not callable(accept):
         raise TypeError(f"accept must be a callable (MergedNetwork) -> bool, got {accept!r}")
-    inputs = as_example_inputs(example_inputs, tensors_only=True)
+    inputs = as_example_inputs(example_inputs, merged, tensors_only=True)
     deleted: list[dict[str, Any]] = []
     current = merged
     # passes over the candidates by saving (costs computed once per pass), until one deletes nothing

@@ -137,7 +137,7 @@ def mutual_information(features: Tensor, labels: Tensor, *, sigma2: float = SIGM
     check_sigma2(sigma2)
     checked = check_labels(labels, features.shape[0])
     values = features.to(torch.promote_types(features.dtype, torch.float32))
-    structure = LabelStructure(checked, values.dtype)
+    structure = LabelStructure(checked.to(values.device), values.dtype)
     return float(information_from_distances(squared_distances(values), structure, sigma2=sigma2))
 
 

@@ -91,7 +91,9 @@ def _relevances(features: Tensor, labels: Sequence[Tensor], sigma2: float) -> li
     sigma2 = check_sigma2(sigma2)
     values = features.to(torch.float64).reshape(features.shape[0], features.shape[1], -1)
     samples, neurons = values.shape[0], values.shape[1]
-    structures = [LabelStructure(check_labels(y, samples), torch.float64) for y in labels]
+    structures = [
+        LabelStructure(check_labels(y, samples).to(values.device), torch.float64) for y in labels
+    ]
     entropies = [float(s.log_prior.mean()) for s in structures]
     widest = max(s.num_labels for s in structures)
     step = max(1, CHUNK_ELEMENTS // ((1 + widest) * samples * samples))

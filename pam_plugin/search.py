@@ -100,7 +100,7 @@ def irrelevant_path(
     if not isinstance(features, Tensor) or features.dim() not in (2, 3):
         raise TypeError("features must be a (B, n) or (B, n, k) Tensor")
     sigma2 = check_sigma2(sigma2)
-    structure = LabelStructure(check_labels(labels, features.shape[0]), dtype)
+    structure = LabelStructure(check_labels(labels, features.shape[0]).to(features.device), dtype)
     values = features.to(dtype).reshape(features.shape[0], features.shape[1], -1)
     if incremental:
         return _incremental(values, structure, float(alpha), sigma2, max_memory)

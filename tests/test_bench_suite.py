@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.__main__ import main
 from benchmarks.cut_suite import CUTSuiteConfig, run_cut_suite
-from benchmarks.needs import Need
+from benchmarks.needs import MissingNeeds, Need
 from benchmarks.report import END, START, render_report, update_readme, write_results
 
 TIMING = {"method_seconds", "latency_b1_ms", "latency_b64_ms"}
@@ -161,7 +161,8 @@ def test_bad_settings_name_the_part_and_the_choices():
 def test_old_part_name_and_cuda_and_unknown_parts(monkeypatch):
     from benchmarks import suites
 
-    with pytest.raises(ValueError, match="CPU only"):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MissingNeeds, match="a CUDA device"):  # tests/test_bench_devices.py
         suites.run_suite("quick", device="cuda", parts=["cut"])
     with pytest.raises(ValueError, match=r"no part\(s\) \['nope'\]"):
         suites.run_suite("quick", parts=["nope"])

@@ -1,4 +1,4 @@
-"""Tensors follow the model's device: every route, run while torch's default device is elsewhere.
+"""Tensors follow the model's device and dtype: every route, with the default device elsewhere.
 
 No GPU runs in CI, so the CUDA case is reproduced on the CPU. A tensor a route
 creates without naming a device lands on torch's *default* device, which is
@@ -9,6 +9,12 @@ raises (torch never mixes the two, 0-dim tensors included), and a module built o
 the default device comes back on ``meta``. So each route must (1) run, (2) return
 everything on the model's device, and (3) give the same result it gives with the
 default device left alone.
+
+Batches and example inputs that skip the library's move to the model (the one
+``cut_plugin.vocabulary.move_to``, device and dtype together) are caught by the
+dtype half: the same routes run on a float64 model fed float32 data, and a
+float32 PAM network fed float64 data, where a forward on the caller's tensors
+fails as it would on a CUDA model fed CPU tensors.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from cut_plugin import (
     apply_masks,
     cut_masks,
     finetune,
+    run_model,
     score_channels,
     score_tasks,
     select_tasks,
@@ -138,6 +145,15 @@ def cut_routes(case: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         pruner.step()
         return pruner.model
 
+    def tp_pruner() -> nn.Module:
+        pruner = build(
+            {"pruner": "magnitude", "framework": "torch_pruning", "pruning_ratio": 0.5},
+            model=small,
+            example_inputs=x[:1],
+        )
+        pruner.step()
+        return pruner.model
+
     return {
         "select_tasks": lambda: select_tasks(model, TASKS),
         "score_tasks": lambda: score_tasks(small, data, LOSSES, progress=False),
@@ -155,6 +171,7 @@ def cut_routes(case: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "CUTPruner iterative": iterative,
         "nni CUTPruner": nni_pruner,
         "registry cut pruner": registry_pruner,
+        "registry tp magnitude pruner": tp_pruner,
     }
 
 
@@ -166,7 +183,7 @@ def pam_routes(case: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         recorder = GateRecorder(merged)
         with recorder:
             for inputs, targets in data:
-                outputs = merged(inputs)
+                outputs = run_model(merged, inputs)
                 sum(F.cross_entropy(outputs[t], y) for t, y in targets.items()).backward()
         merged.zero_grad(set_to_none=True)
         return recorder.scores()
@@ -196,23 +213,36 @@ def pam_routes(case: dict[str, Any]) -> dict[str, Callable[[], Any]]:
     }
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "select_tasks",
-        "score_tasks",
-        "score_channels",
-        "cut_masks + apply_masks",
-        "finetune",
-        "cut_prune channels",
-        "cut_prune activation",
-        "cut_prune target_macs",
-        "cut_prune weights",
-        "CUTPruner iterative",
-        "nni CUTPruner",
-        "registry cut pruner",
-    ],
-)
+CUT_NAMES = [
+    "select_tasks",
+    "score_tasks",
+    "score_channels",
+    "cut_masks + apply_masks",
+    "finetune",
+    "cut_prune channels",
+    "cut_prune activation",
+    "cut_prune target_macs",
+    "cut_prune weights",
+    "CUTPruner iterative",
+    "nni CUTPruner",
+    "registry cut pruner",
+    "registry tp magnitude pruner",
+]
+PAM_NAMES = [
+    "PAMMerger",
+    "PAMMerger map",
+    "MTZMerger",
+    "MTZMerger released",
+    "combination_costs",
+    "prune_merged",
+    "prune_merged_gates",
+    "GateRecorder",
+    "retrain",
+    "for_tasks",
+]
+
+
+@pytest.mark.parametrize("name", CUT_NAMES)
 def test_cut_routes_follow_the_model(cut_case: dict[str, Any], name: str) -> None:
     route = cut_routes(cut_case)[name]
     torch.manual_seed(1)
@@ -221,21 +251,7 @@ def test_cut_routes_follow_the_model(cut_case: dict[str, Any], name: str) -> Non
     same_results(run_elsewhere(route), expected)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "PAMMerger",
-        "PAMMerger map",
-        "MTZMerger",
-        "MTZMerger released",
-        "combination_costs",
-        "prune_merged",
-        "prune_merged_gates",
-        "GateRecorder",
-        "retrain",
-        "for_tasks",
-    ],
-)
+@pytest.mark.parametrize("name", PAM_NAMES)
 def test_pam_routes_follow_the_model(pam_case: dict[str, Any], name: str) -> None:
     route = pam_routes(pam_case)[name]
     torch.manual_seed(1)
@@ -259,6 +275,33 @@ def test_the_check_catches_a_tensor_made_on_the_default_device() -> None:
     with pytest.raises(AssertionError, match="default device"):
         run_elsewhere(lambda: nn.Linear(2, 2))
     assert torch.equal(run_elsewhere(careful), careful())
+
+
+def floating_dtypes(value: Any) -> set[torch.dtype]:
+    modules = [value] if isinstance(value, nn.Module) else []
+    if isinstance(value, tuple | list):
+        modules = [v for v in value if isinstance(v, nn.Module)]
+    return {p.dtype for m in modules for p in m.parameters() if p.is_floating_point()}
+
+
+@pytest.mark.parametrize("name", CUT_NAMES)
+def test_cut_routes_take_batches_to_a_float64_model(cut_case: dict[str, Any], name: str) -> None:
+    case = {**cut_case, "model": copy.deepcopy(cut_case["model"]).double()}
+    assert case["x"].dtype == torch.float32
+    result = cut_routes(case)[name]()
+    assert floating_dtypes(result) <= {torch.float64}
+
+
+@pytest.mark.parametrize("name", PAM_NAMES)
+def test_pam_routes_take_batches_to_a_float32_network(pam_case: dict[str, Any], name: str) -> None:
+    assert pam_case["x"].dtype == torch.float64
+    case = {
+        **pam_case,
+        "networks": {t: copy.deepcopy(n).float() for t, n in pam_case["networks"].items()},
+        "merged": copy.deepcopy(pam_case["merged"]).float(),
+    }
+    result = pam_routes(case)[name]()
+    assert floating_dtypes(result) <= {torch.float32}
 
 
 @settings(

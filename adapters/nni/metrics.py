@@ -102,8 +102,10 @@ def unit_metrics(
     order = torch.argsort(score, stable=True)
     rank = torch.empty(num_blocks, device="cpu")
     rank[order] = torch.arange(1, num_blocks + 1, dtype=torch.float32, device="cpu") / num_blocks
+    # Fused on the host; handed back on the device of the scores NNI gave (its weights').
+    device = next((v.device for b in blocks.values() for v in b.values()), rank.device)
     return {
-        key: piece.reshape(shapes[key][0])
+        key: piece.reshape(shapes[key][0]).to(device)
         for key, piece in zip(keys, rank.split(sizes), strict=True)
     }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
+import torch
 import torch_pruning as tp
 from torch import nn
 
@@ -29,6 +30,7 @@ from cut_plugin.vocabulary import (
     check_ratio,
     check_tasks,
     iterate_batches,
+    model_device_dtype,
 )
 
 __all__ = ["BASELINES", "Baseline", "baseline_prune", "count_macs"]
@@ -102,7 +104,9 @@ def baseline_prune(
                     "importance='taylor' needs losses and data (the summed task loss's gradients)"
                 )
             _accumulate_gradients(compact, check_losses(losses, selected_tasks), data, max_batches)
-        pruner.step()
+        # RandomImportance draws torch.rand(n) on torch's default device: make it the model's.
+        with torch.device(model_device_dtype(compact)[0]):
+            pruner.step()
     compact.zero_grad(set_to_none=True)
     compact.train(was_training)
     record = PruningRecord(

@@ -31,7 +31,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from cut_plugin.vocabulary import Loss
+from cut_plugin.vocabulary import Loss, as_example_inputs, model_device_dtype, move_to, run_model
 from pam_plugin import GATE_GROUPS, MergedNetwork, delete_groups, pruned_groups_of
 from pam_plugin.gates import GateGroups
 
@@ -144,9 +144,7 @@ def prune_merged(
         raise TypeError(
             "ignored_layers is chosen by pruned_groups=...; prune_merged does not take it"
         )
-    inputs = (
-        tuple(example_inputs) if isinstance(example_inputs, tuple | list) else (example_inputs,)
-    )
+    inputs = as_example_inputs(example_inputs, merged)  # on the network's device and dtype
     model = copy.deepcopy(merged)
     was_training = model.training
     if (
@@ -210,10 +208,13 @@ def _accumulate_gradients(
     was_training = model.training
     model.eval()
     count = 0
+    device, dtype = model_device_dtype(model)
     with torch.enable_grad():
         for inputs, targets in data:
-            outputs = model(*inputs) if isinstance(inputs, tuple | list) else model(inputs)
-            loss = sum(losses[t](outputs[t], targets[t]) for t in model.tasks)
+            outputs = run_model(model, inputs)
+            loss = sum(
+                losses[t](outputs[t], move_to(targets[t], device, dtype)) for t in model.tasks
+            )
             loss.backward()  # type: ignore[union-attr]
             count += 1
     model.train(was_training)
