@@ -242,22 +242,27 @@ PAM_NAMES = [
 ]
 
 
-@pytest.mark.parametrize("name", CUT_NAMES)
-def test_cut_routes_follow_the_model(cut_case: dict[str, Any], name: str) -> None:
-    route = cut_routes(cut_case)[name]
+def assert_follows(route: Callable[[], Any]) -> None:
+    """The route runs with the default device elsewhere and gives what it gives without that."""
     torch.manual_seed(1)
     expected = route()
     torch.manual_seed(1)
     same_results(run_elsewhere(route), expected)
+
+
+@pytest.mark.parametrize("name", CUT_NAMES)
+def test_cut_routes_follow_the_model(cut_case: dict[str, Any], name: str) -> None:
+    assert_follows(cut_routes(cut_case)[name])
 
 
 @pytest.mark.parametrize("name", PAM_NAMES)
 def test_pam_routes_follow_the_model(pam_case: dict[str, Any], name: str) -> None:
-    route = pam_routes(pam_case)[name]
-    torch.manual_seed(1)
-    expected = route()
-    torch.manual_seed(1)
-    same_results(run_elsewhere(route), expected)
+    assert_follows(pam_routes(pam_case)[name])
+
+
+def test_every_route_is_parametrized(cut_case: dict[str, Any], pam_case: dict[str, Any]) -> None:
+    assert list(cut_routes(cut_case)) == CUT_NAMES
+    assert list(pam_routes(pam_case)) == PAM_NAMES
 
 
 def test_the_check_catches_a_tensor_made_on_the_default_device() -> None:
