@@ -260,6 +260,7 @@ def pretrained(
         "loss_history": history,
         "torch": torch.__version__,
         "device": str(model_device(model)),
+        "threads": torch.get_num_threads(),  # CPU training is reproducible at a fixed count only
     }
     plan.weights.parent.mkdir(parents=True, exist_ok=True)
     _save_atomic(plan.weights, lambda p: torch.save(on_host(model.state_dict()), p))
