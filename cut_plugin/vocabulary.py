@@ -38,6 +38,7 @@ __all__ = [
     "check_tasks",
     "iterate_batches",
     "model_device_dtype",
+    "index_tensor",
     "move_to",
     "run_model",
     "scalar_loss",
@@ -195,6 +196,11 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
         if p.is_floating_point():
             return p.device, p.dtype
     return torch.device("cpu"), torch.get_default_dtype()
+
+
+def index_tensor(values: Sequence[int], like: Tensor) -> Tensor:
+    """``values`` as an int64 index tensor on ``like``'s device (never torch's default device)."""
+    return torch.tensor(list(values), dtype=torch.long, device=like.device)
 
 
 def move_to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from cut_plugin.checks import check_shapes
-from cut_plugin.vocabulary import model_device_dtype, move_to
+from cut_plugin.vocabulary import index_tensor, model_device_dtype, move_to
 from pam_plugin.architecture import (
     Architecture,
     Step,
@@ -319,10 +319,9 @@ def block_diagonal(
         original = tensor_attribute(layer, "weight")
         source = original.reshape(original.shape[0], channels, factor, *kernel)
         if col_pos:
-            at = {"dtype": torch.long, "device": weight.device}
-            weight[torch.tensor(row_pos, **at)[:, None], torch.tensor(col_pos, **at)[None, :]] = (
-                source[torch.tensor(row_src, **at)[:, None], torch.tensor(col_src, **at)[None, :]]
-            )
+            rows_at, cols_at = index_tensor(row_pos, weight), index_tensor(col_pos, weight)
+            rows_of, cols_of = index_tensor(row_src, source), index_tensor(col_src, source)
+            weight[rows_at[:, None], cols_at[None, :]] = source[rows_of[:, None], cols_of[None, :]]
         if bias is not None:
             bias[row_pos] = tensor_attribute(layer, "bias")[row_src]
     return weight.reshape(len(rows), len(columns) * factor, *kernel), bias

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from cut_plugin.training import train_tasks
-from cut_plugin.vocabulary import Loss, check_choice, check_int, check_number
+from cut_plugin.vocabulary import Loss, check_choice, check_int, check_number, index_tensor
 from pam_plugin.architecture import tensor_attribute
 from pam_plugin.construction import Prepared
 from pam_plugin.grouping import SHARED, GroupKey, Neuron, group_name
@@ -193,13 +193,12 @@ def _scatter(
         if not row_pos:
             continue
         target = tensor_attribute(layer, "weight")
-        at = {"dtype": torch.long, "device": target.device}
-        row_src = torch.tensor([row_members[p][task] for p in row_pos], **at)
+        row_src = index_tensor([row_members[p][task] for p in row_pos], target)
         view = target.view(target.shape[0], -1, factor, *kernel)
         if col_pos:
-            col_src = torch.tensor([column_members[q][task] for q in col_pos], **at)
+            col_src = index_tensor([column_members[q][task] for q in col_pos], target)
             picked = block[
-                torch.tensor(row_pos, **at)[:, None], torch.tensor(col_pos, **at)[None, :]
+                index_tensor(row_pos, block)[:, None], index_tensor(col_pos, block)[None, :]
             ]
             view[row_src[:, None], col_src[None, :]] = picked.to(target.dtype)
         if isinstance(bias, Tensor):

@@ -32,6 +32,7 @@ from typing import Literal, cast
 import torch
 from torch import Tensor, nn
 
+from cut_plugin.vocabulary import index_tensor
 from pam_plugin.architecture import Architecture, tensor_attribute
 from pam_plugin.construction import Prepared, block_diagonal, build_network, space_groups
 from pam_plugin.grouping import GroupKey, Neuron
@@ -88,7 +89,7 @@ def zip_layerwise(
         rule = layer_rule(reference, factor, fc_cost)
         columns = {t: [dict(n)[t] for n in zipped[source]] for t in tasks}
         rows = {t: coefficients(layers[t], columns[t], factor) for t in tasks}
-        device = reference.weight.device
+        device = tensor_attribute(reference, "weight").device
         metrics = {t: torch.zeros(1, dtype=torch.float64, device=device) for t in tasks}
         if rule != "average":
             node = step.inputs[0]
@@ -146,15 +147,14 @@ def _write_zipped(
         for task, layer in layers.items():
             weight = tensor_attribute(layer, "weight")
             view = weight.view(weight.shape[0], -1, factor, *weight.shape[2:])
-            at = {"dtype": torch.long, "device": weight.device}
-            rows = torch.tensor([dict(n)[task] for n in neurons], **at)
-            cols = torch.tensor(list(columns[task]), **at)
+            rows = index_tensor([dict(n)[task] for n in neurons], weight)
+            cols = index_tensor(list(columns[task]), weight)
             block = weight_rows.reshape(len(neurons), len(cols), factor, *weight.shape[2:])
             if cut:
                 kept = set(columns[task])
                 others = [c for c in range(view.shape[1]) if c not in kept]
                 if others:
-                    view[rows[:, None], torch.tensor(others, **at)[None, :]] = 0
+                    view[rows[:, None], index_tensor(others, weight)[None, :]] = 0
             view[rows[:, None], cols[None, :]] = block
             if bias_rows is not None:
                 tensor_attribute(layer, "bias")[rows] = bias_rows

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from cut_plugin.vocabulary import index_tensor
 from pam_plugin.activations import run_with_taps
 from pam_plugin.architecture import tensor_attribute
 from pam_plugin.construction import Prepared
@@ -260,8 +261,8 @@ def pair_neurons(
         else:
             costs = euclidean_costs(weights, coefficients[task], has_bias)
         pairs = _greedy_pairs(costs, min(count, len(members)))
-        rows = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=weights.device)
-        cols = torch.tensor([j for _, j in pairs], dtype=torch.long, device=weights.device)
+        rows = index_tensor([i for i, _ in pairs], weights)
+        cols = index_tensor([j for _, j in pairs], weights)
         weights = _merge_step(
             rule, weights[rows], coefficients[task][cols], metric, metrics[task], done, damping
         )

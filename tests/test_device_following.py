@@ -42,6 +42,7 @@ from cut_plugin import (
     score_tasks,
     select_tasks,
 )
+from cut_plugin.vocabulary import index_tensor
 from pam_plugin import MTZMerger, PAMMerger, combination_costs, retrain
 from pam_plugin.gates import GateRecorder
 from tests.random_models import SPECS, RandomNet, batches_for, cross_entropy_losses
@@ -280,6 +281,8 @@ def test_the_check_catches_a_tensor_made_on_the_default_device() -> None:
     with pytest.raises(AssertionError, match="default device"):
         run_elsewhere(lambda: nn.Linear(2, 2))
     assert torch.equal(run_elsewhere(careful), careful())
+    index = run_elsewhere(lambda: index_tensor((2, 0), weight))  # the library's index maker
+    assert index.dtype == torch.long and index.tolist() == [2, 0]
 
 
 def floating_dtypes(value: Any) -> set[torch.dtype]:

@@ -18,7 +18,7 @@ from cut_plugin.checks import FROZEN_ATTRIBUTE_FIX, check_outputs, outputs_of
 from cut_plugin.masks import PRUNABLE_TYPES, apply_masks, check_masks
 from cut_plugin.record import copy_record, history_of
 from cut_plugin.state import scoring_state
-from cut_plugin.vocabulary import Inputs, as_example_inputs
+from cut_plugin.vocabulary import Inputs, as_example_inputs, index_tensor
 
 __all__ = ["IN_HANDLERS", "OUT_HANDLERS", "align_masks", "prune_by_masks"]
 
@@ -50,7 +50,7 @@ def _removable_channels(group: Any, weights: Mapping[int, Tensor]) -> Tensor | N
         zero = _zero_rows(weights[id(layer)], idxs, bool(getattr(layer, "transposed", False)))
         if removable is None:
             removable = torch.ones(len(group[0].idxs), dtype=torch.bool, device=zero.device)
-        index = torch.tensor(list(root_idxs), dtype=torch.long, device=zero.device)
+        index = index_tensor(root_idxs, zero)
         removable[index] &= zero
     return removable
 
