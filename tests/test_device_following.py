@@ -20,6 +20,8 @@ fails as it would on a CUDA model fed CPU tensors.
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,13 +38,14 @@ from adapters.registry import build
 from cut_plugin import (
     apply_masks,
     cut_masks,
+    export_torchscript,
     finetune,
     run_model,
     score_channels,
     score_tasks,
     select_tasks,
 )
-from cut_plugin.vocabulary import index_tensor
+from cut_plugin.vocabulary import index_tensor, model_device_dtype
 from pam_plugin import MTZMerger, PAMMerger, combination_costs, retrain
 from pam_plugin.gates import GateRecorder
 from tests.random_models import SPECS, RandomNet, batches_for, cross_entropy_losses
@@ -51,6 +54,12 @@ from tests.test_pam_networks import inputs_for, networks_for
 from tests.toy_models import ResidualNet, example_input, init_nontrivial, make_batches
 
 TASKS = ["a", "seg"]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return model_device_dtype(model)[0]
+
+
 LOSSES = {t: F.cross_entropy for t in TASKS}
 
 
@@ -155,6 +164,15 @@ def cut_routes(case: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         pruner.step()
         return pruner.model
 
+    def torchscript(freeze: bool) -> Any:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "compact.pt")
+            export_torchscript(small.eval(), x[:1], path, freeze=freeze)
+            return torch.jit.load(path, map_location=model_device(small))(move_to_model(x))
+
+    def move_to_model(inputs: Tensor) -> Tensor:
+        return inputs.to(model_device(small), next(small.parameters()).dtype)
+
     return {
         "select_tasks": lambda: select_tasks(model, TASKS),
         "score_tasks": lambda: score_tasks(small, data, LOSSES, progress=False),
@@ -173,6 +191,8 @@ def cut_routes(case: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "nni CUTPruner": nni_pruner,
         "registry cut pruner": registry_pruner,
         "registry tp magnitude pruner": tp_pruner,
+        "export_torchscript": lambda: torchscript(False),
+        "export_torchscript frozen": lambda: torchscript(True),
     }
 
 
@@ -228,6 +248,8 @@ CUT_NAMES = [
     "nni CUTPruner",
     "registry cut pruner",
     "registry tp magnitude pruner",
+    "export_torchscript",
+    "export_torchscript frozen",
 ]
 PAM_NAMES = [
     "PAMMerger",
