@@ -26,17 +26,32 @@ from torch import Tensor, nn
 
 from cut_plugin.vocabulary import model_device_dtype, move_to
 
-__all__ = ["DEVICES", "check_device", "cpu_copy", "forward", "host", "model_device", "on_host"]
+__all__ = [
+    "DEVICES",
+    "check_device",
+    "cpu_copy",
+    "device_kind",
+    "forward",
+    "host",
+    "model_device",
+    "on_host",
+]
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 """The ``--device`` choices; ``cuda`` may name an index (``cuda:1``) in :func:`check_device`."""
 
 
-def check_device(device: Any) -> torch.device:
-    """``device`` as a ``torch.device`` this machine has, or a ``ValueError`` naming the fix."""
+def device_kind(device: Any) -> str:
+    """``"cpu"`` or ``"cuda"`` for a ``--device`` value (``cuda:N`` included), or a ``ValueError``."""
     kind = device.split(":", 1)[0] if isinstance(device, str) else None
     if kind not in DEVICES:
         raise ValueError(f"device must be one of {list(DEVICES)} (or 'cuda:N'), got {device!r}")
+    return kind
+
+
+def check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has, or a ``ValueError`` naming the fix."""
+    device_kind(device)
     try:
         resolved = torch.device(device)
     except RuntimeError as error:

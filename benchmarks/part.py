@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.devices import device_kind
 from benchmarks.needs import Need
 
 __all__ = ["Part", "no_headline", "no_needs", "no_plots", "no_summary"]
@@ -80,7 +81,7 @@ class Part:
 
     def device_for(self, device: str) -> str:
         """Where this part runs when the suite runs on ``device`` (the CPU if it cannot go there)."""
-        return device if device.split(":", 1)[0] in self.devices else "cpu"
+        return device if device_kind(device) in self.devices else "cpu"
 
     def configure(self, settings: Mapping[str, Any] | None = None) -> Any:
         """The part's config from a suite's settings (JSON lists become tuples where a field is one)."""

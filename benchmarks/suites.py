@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.devices import DEVICES, check_device
+from benchmarks.devices import DEVICES, check_device, device_kind
 from benchmarks.measure import environment, git_sha
 from benchmarks.needs import PLOTS, MissingNeeds, Need, missing_needs, module_need
 from benchmarks.parts import PART_ALIASES, PARTS
@@ -177,8 +177,7 @@ def run_suite(
     """
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; choose from {sorted(SUITES)}")
-    if not isinstance(device, str) or device.split(":", 1)[0] not in DEVICES:
-        raise ValueError(f"device must be one of {list(DEVICES)} (or 'cuda:N'), got {device!r}")
+    device_kind(device)
     if resume and out is None:
         raise ValueError("resume=True needs the output folder of the run to continue (out=...)")
     suite = SUITES[name]

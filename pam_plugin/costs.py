@@ -43,11 +43,9 @@ class Cost:
         return Cost(self.macs + other.macs, self.params + other.params)
 
 
-def _inputs(example_inputs: Any, network: nn.Module | None = None) -> tuple[Tensor, ...]:
-    """Example inputs as a tuple of Tensors whose first has a batch dimension (costs are per sample).
-
-    With ``network``, on its device and in its dtype.
-    """
+def _inputs(example_inputs: Any, network: nn.Module) -> tuple[Tensor, ...]:
+    """Example inputs as a tuple of Tensors whose first has a batch dimension (costs are per sample),
+    on ``network``'s device and in its dtype."""
     inputs = as_example_inputs(example_inputs, network, tensors_only=True)
     if inputs[0].dim() < 1:
         raise TypeError("example_inputs must be a Tensor (B, ...) or a tuple of Tensors")

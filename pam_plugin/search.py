@@ -153,7 +153,7 @@ def _incremental(
     masks = torch.cat(
         [
             torch.ones(1, num_samples, num_samples, dtype=torch.bool, device=values.device),
-            structure.masks.to(values.device),
+            structure.masks,
         ]
     ).permute(1, 0, 2).to(values.dtype).contiguous()  # fmt: skip
     set_distances = torch.zeros(num_samples, num_samples, dtype=values.dtype, device=values.device)

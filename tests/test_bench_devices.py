@@ -70,9 +70,12 @@ def test_the_suite_hands_the_device_to_the_parts_that_take_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     calls: dict[str, dict[str, Any]] = {}
     for name in ("dense", "latency_scaling"):
-        part = suites.PARTS[name]
-        fake = dataclasses.replace(part, run=lambda c, n=name, **kw: calls.setdefault(n, kw) and {})
-        monkeypatch.setitem(suites.PARTS, name, fake)
+
+        def record(_config: Any, name: str = name, **kwargs: Any) -> dict[str, Any]:
+            calls[name] = kwargs
+            return {}
+
+        monkeypatch.setitem(suites.PARTS, name, dataclasses.replace(suites.PARTS[name], run=record))
     results = suites.run_suite(
         "quick", device="cuda", parts=["dense", "latency_scaling"], progress=False
     )

@@ -45,7 +45,7 @@ from cut_plugin import (
     score_tasks,
     select_tasks,
 )
-from cut_plugin.vocabulary import index_tensor, model_device_dtype
+from cut_plugin.vocabulary import index_tensor, model_device_dtype, move_to
 from pam_plugin import MTZMerger, PAMMerger, combination_costs, retrain
 from pam_plugin.gates import GateRecorder
 from tests.random_models import SPECS, RandomNet, batches_for, cross_entropy_losses
@@ -54,10 +54,6 @@ from tests.test_pam_networks import inputs_for, networks_for
 from tests.toy_models import ResidualNet, example_input, init_nontrivial, make_batches
 
 TASKS = ["a", "seg"]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return model_device_dtype(model)[0]
 
 
 LOSSES = {t: F.cross_entropy for t in TASKS}
@@ -168,10 +164,8 @@ def cut_routes(case: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "compact.pt")
             export_torchscript(small.eval(), x[:1], path, freeze=freeze)
-            return torch.jit.load(path, map_location=model_device(small))(move_to_model(x))
-
-    def move_to_model(inputs: Tensor) -> Tensor:
-        return inputs.to(model_device(small), next(small.parameters()).dtype)
+            device, dtype = model_device_dtype(small)
+            return torch.jit.load(path, map_location=device)(move_to(x, device, dtype))
 
     return {
         "select_tasks": lambda: select_tasks(model, TASKS),
