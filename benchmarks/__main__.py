@@ -1,4 +1,4 @@
-"""``python -m benchmarks run --suite quick|full|dense [--parts ...] [--out DIR] [--seed N] [--device cpu|cuda] [--data scenes|nyuv2|cityscapes --data-root DIR] [--resume DIR] [--skip-missing]``, ``list``, ``readme``.
+"""``python -m benchmarks run --suite quick|full|dense [--parts ...] [--out DIR] [--seed N] [--device cpu|cuda] [--data scenes|nyuv2|cityscapes --data-root DIR] [--resume DIR] [--jobs N] [--skip-missing]``, ``list``, ``readme``.
 
 Exit status of ``run``: 0 when every selected part finished (skipped parts
 included), 1 when a part failed (recorded in ``run_info.failed_parts``), 2 when
@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="worker processes for the cells of the dense and pam parts (each with cores/N "
+        "torch threads); default 1. Every finished cell is stored in the output folder, so "
+        "--resume computes only the cells not finished",
+    )  # fmt: skip
+    run.add_argument(
         "--data",
         default=None,
         choices=DENSE_DATA,
@@ -85,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.jobs < 1:
+        parser.error(f"--jobs must be a positive number of worker processes, got {args.jobs}")
     settings = dict(DEFAULTS)
     if args.resume is not None:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
@@ -121,6 +129,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             resume=args.resume is not None,
             skip_missing=args.skip_missing,
             overrides=overrides,
+            jobs=args.jobs,
         )
     except MissingNeeds as error:
         print(f"error: {error}", file=sys.stderr)

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adapters.torch_pruning import count_macs
+from benchmarks.cells import Cell, Cells, cell_settings, run_cells
 from benchmarks.cut_methods import CUT_METHODS, Context, check_table
 from benchmarks.data import TaskData, batches, load_data
 from benchmarks.dense import dense_scores, task_delta_m
@@ -47,7 +48,15 @@ from benchmarks.part import Part
 from benchmarks.training import pretrained
 from cut_plugin import mask_sparsity, select_tasks, train_tasks
 
-__all__ = ["DENSE_DATA", "PART", "DenseSuiteConfig", "data_settings", "run_dense_suite"]
+__all__ = [
+    "AXES",
+    "DENSE_DATA",
+    "PART",
+    "DenseSuiteConfig",
+    "data_settings",
+    "dense_cell",
+    "run_dense_suite",
+]
 
 DENSE_DATA = ("scenes", "nyuv2", "cityscapes")
 """The dense part's data: procedural scenes, or the real preprocessed folders."""
@@ -162,6 +171,74 @@ def _point(data: TaskData, scores: dict, dense: dict, tasks: Sequence[str]) -> d
     return {"test": scores, "delta_m": task_delta_m(data, scores, dense, tasks)}
 
 
+AXES = ("subsets", "ratios", "methods", "seeds")
+"""The settings the dense part's cells iterate over; every other setting is in each cell's key."""
+
+_SEED: dict[tuple, dict[str, Any]] = {}
+"""One seed's data, pre-trained model and dense scores per subset, kept between its cells."""
+
+
+def _seed_context(config: DenseSuiteConfig, run_seed: int, cache_dir: str, device: str,
+                  progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The data and pre-trained model of ``run_seed`` (one seed held at a time, per process)."""
+    key = (cell_settings(config, AXES), run_seed, str(cache_dir), device)
+    if key not in _SEED:
+        _SEED.clear()
+        data = load_data(config.data, **{"seed": run_seed, **config.data_kwargs})
+        model = pretrained(
+            config.model, data, seed=run_seed, cache_dir=cache_dir,
+            model_kwargs=config.model_kwargs, epochs=config.pretrain_epochs,
+            lr=config.pretrain_lr, batch_size=config.batch_size, progress=progress, device=device,
+        )  # fmt: skip
+        _SEED[key] = {"data": data, "model": model, "dense": {}}
+    return _SEED[key]
+
+
+def _dense_of(context: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+    """The dense model of ``tasks`` and its test and validation scores (once per seed and subset)."""
+    name = "+".join(tasks)
+    if name not in context["dense"]:
+        data = context["data"]
+        dense_model = select_tasks(context["model"], tasks)
+        val = data.val if data.val is not None else data.test
+        context["dense"][name] = {
+            "model": dense_model,
+            "test": dense_scores(dense_model, data, tasks=tasks),
+            "val": dense_scores(dense_model, data, val, tasks=tasks),
+        }
+    return context["dense"][name]
+
+
+def dense_cell(config: DenseSuiteConfig, run_seed: int, tasks: list[str], ratio: float,
+               name: str, cache_dir: str, device: str) -> dict[str, Any]:  # fmt: skip
+    """One row of the dense tables: method ``name`` at ``ratio`` on ``tasks``, seed ``run_seed``."""
+    context = _seed_context(config, run_seed, cache_dir, device)
+    data, dense = context["data"], _dense_of(context, tasks)
+    ctx = Context(context["model"], data, tasks, ratio, config, run_seed)
+    torch.manual_seed(run_seed)
+    (pruned, masks), seconds = timed(lambda: CUT_METHODS[name](ctx))
+    curve = _curve(pruned, masks, ctx, dense["val"], dict(config.budgets), config.finetune_lr,
+                   config.eval_every)  # fmt: skip
+    if config.paper_budget:
+        paper = _curve(pruned, masks, ctx, dense["val"], {"paper": PAPER_BUDGET["steps"]},
+                       PAPER_BUDGET["lr"], config.eval_every)  # fmt: skip
+        paper.pop("0")
+        curve.update(paper)
+    before = curve.pop("0")["test"]
+    points = {"0": {"step": 0, **_point(data, before, dense["test"], tasks)}}
+    for budget, chosen in curve.items():
+        points[budget] = {"step": chosen["step"], "val_delta_m": chosen["val_delta_m"],
+                          **_point(data, chosen["test"], dense["test"], tasks)}  # fmt: skip
+    return {
+        "seed": run_seed, "tasks": tasks, "ratio": ratio, "method": name,
+        "granularity": "weight" if name.endswith("-weight") else "channel",
+        "budgets": points, "method_seconds": seconds,
+        "sparsity": mask_sparsity(masks) if masks else None,
+        "threads": torch.get_num_threads(),
+        **_measure(pruned, data, config.latency_repeats),
+    }  # fmt: skip
+
+
 def run_dense_suite(
     config: DenseSuiteConfig,
     *,
@@ -169,6 +246,7 @@ def run_dense_suite(
     progress: bool = True,
     cache_dir: str | os.PathLike[str] = ".cache/cut-pam",
     device: str = "cpu",
+    cells: Cells | None = None,
 ) -> dict[str, Any]:
     """Every method on every seed × subset × ratio; ``{"config", "dense", "rows"}``.
 
@@ -176,59 +254,32 @@ def run_dense_suite(
     train, are pruned and evaluated (:mod:`benchmarks.devices`; latencies stay CPU). Each row holds the method's
     test metrics and Δm (vs the dense model of its seed) per budget, the
     validation-chosen step, params, MACs, latency and the method's run time.
+    ``cells``: where each finished row is stored and how many worker processes
+    compute the rows (:mod:`benchmarks.cells`; default: in-process, not stored).
+    The models are pre-trained (or read from the cache) here, before any cell.
     """
+    cells = cells or Cells()
     seeds = [seed + s for s in config.seeds]
-    cases = [(s, sub, r, m) for s in seeds for sub in config.subsets for r in config.ratios
-             for m in config.methods]  # fmt: skip
-    bar = tqdm(total=len(cases), desc="dense CUT suite", disable=not progress)
-    rows: list[dict[str, Any]] = []
+    cache = str(cache_dir)
     dense_rows: list[dict[str, Any]] = []
-    budgets = dict(config.budgets)
-    for run_seed in seeds:
-        data = load_data(config.data, **{"seed": run_seed, **config.data_kwargs})
-        model = pretrained(
-            config.model, data, seed=run_seed, cache_dir=cache_dir,
-            model_kwargs=config.model_kwargs, epochs=config.pretrain_epochs,
-            lr=config.pretrain_lr, batch_size=config.batch_size, progress=progress, device=device,
-        )  # fmt: skip
-        val = data.val if data.val is not None else data.test
+    for run_seed in tqdm(seeds, desc="dense models", disable=not progress or len(seeds) < 2):
+        context = _seed_context(config, run_seed, cache, device, progress=progress)
         for subset in config.subsets:
             tasks = list(subset)
-            dense_model = select_tasks(model, tasks)
-            dense_test = dense_scores(dense_model, data, tasks=tasks)
-            dense_val = dense_scores(dense_model, data, val, tasks=tasks)
+            dense = _dense_of(context, tasks)
             dense_rows.append({
-                "seed": run_seed, "tasks": tasks, "test": dense_test, "val": dense_val,
-                **_measure(dense_model, data, config.latency_repeats),
+                "seed": run_seed, "tasks": tasks, "test": dense["test"], "val": dense["val"],
+                **_measure(dense["model"], context["data"], config.latency_repeats),
             })  # fmt: skip
-            for ratio in config.ratios:
-                for name in config.methods:
-                    bar.set_postfix(seed=run_seed, tasks="+".join(tasks), ratio=ratio, method=name)
-                    ctx = Context(model, data, tasks, ratio, config, run_seed)
-                    torch.manual_seed(run_seed)
-                    (pruned, masks), seconds = timed(lambda c=ctx, n=name: CUT_METHODS[n](c))
-                    curve = _curve(pruned, masks, ctx, dense_val, budgets, config.finetune_lr,
-                                   config.eval_every)  # fmt: skip
-                    if config.paper_budget:
-                        paper = _curve(pruned, masks, ctx, dense_val,
-                                       {"paper": PAPER_BUDGET["steps"]}, PAPER_BUDGET["lr"],
-                                       config.eval_every)  # fmt: skip
-                        paper.pop("0")
-                        curve.update(paper)
-                    before = curve.pop("0")["test"]
-                    points = {"0": {"step": 0, **_point(data, before, dense_test, tasks)}}
-                    for budget, chosen in curve.items():
-                        points[budget] = {"step": chosen["step"], "val_delta_m": chosen["val_delta_m"],
-                                          **_point(data, chosen["test"], dense_test, tasks)}  # fmt: skip
-                    rows.append({
-                        "seed": run_seed, "tasks": tasks, "ratio": ratio, "method": name,
-                        "granularity": "weight" if name.endswith("-weight") else "channel",
-                        "budgets": points, "method_seconds": seconds,
-                        "sparsity": mask_sparsity(masks) if masks else None,
-                        **_measure(pruned, data, config.latency_repeats),
-                    })  # fmt: skip
-                    bar.update(1)
-    bar.close()
+    settings = cell_settings(config, AXES)
+    work = [
+        Cell({"part": "dense", "settings": settings, "seed": s, "tasks": list(sub), "ratio": r,
+              "method": m}, dense_cell, (config, s, list(sub), r, m, cache, device))
+        for s in seeds for sub in config.subsets for r in config.ratios for m in config.methods
+    ]  # fmt: skip
+    _SEED.clear()  # the data and models of the last seed are not held after the part
+    rows = run_cells(cells, work, desc="dense CUT suite", progress=progress)
+    _SEED.clear()
     return {"config": asdict(config), "dense": dense_rows, "rows": rows}
 
 
@@ -272,4 +323,5 @@ PART = Part(
     ],
     headline=dense_headline,
     devices=("cpu", "cuda"),
+    cells=True,
 )

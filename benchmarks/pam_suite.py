@@ -75,6 +75,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from adapters.registry import build
+from benchmarks.cells import Cell, Cells, cell_settings, run_cells
 from benchmarks.needs import data_needs
 from benchmarks.pam_config import PAM_MODELS, PAM_PRUNERS, PAM_SPLITS, PAMSuiteConfig
 from benchmarks.pam_context import PAMContext, own_rows, prepare_context
@@ -90,7 +91,16 @@ from pam_plugin import (
     network_cost,
 )
 
-__all__ = ["PAM_PRUNERS", "PAM_SPLITS", "PART", "PAMSuiteConfig", "run_pam_suite", "total_cap"]
+__all__ = [
+    "AXES",
+    "PAM_PRUNERS",
+    "PAM_SPLITS",
+    "PART",
+    "PAMSuiteConfig",
+    "pam_cell",
+    "run_pam_suite",
+    "total_cap",
+]
 
 
 Attempt = tuple[dict[str, Any], Callable[[], MergedNetwork]]
@@ -204,8 +214,30 @@ def _run_split(
     return {"single": single, "merges": merges, "runs": runs, "rows": rows, "summary": summary}
 
 
+AXES = ("splits", "seeds")
+"""The settings the PAM part's cells iterate over: one cell per split and seed."""
+
+
+def pam_cell(
+    key: str, config: PAMSuiteConfig, seed: int, progress: bool, device: str
+) -> dict[str, Any]:
+    """One split and seed of the PAM tables, at ``config.threads`` torch threads (when set)."""
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run_split(key, config, seed, progress, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_pam_suite(
-    config: PAMSuiteConfig, *, seed: int = 0, progress: bool = True, device: str = "cpu"
+    config: PAMSuiteConfig,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    device: str = "cpu",
+    cells: Cells | None = None,
 ) -> dict[str, Any]:
     """Run every split × pruner × method; a JSON-serialisable dict of measured results.
 
@@ -220,22 +252,23 @@ def run_pam_suite(
     combinations, before and after pruning, their ratios and caps, the best
     combination's ratio); ``models`` ``{split: {"name", "options"}}``, the
     single-task networks. Seeds are JSON keys, so strings. ``device``: where the
-    networks train, merge and prune (the data stays on the host).
+    networks train, merge and prune (the data stays on the host). ``cells``: where
+    each finished split × seed is stored and how many worker processes compute
+    them (:mod:`benchmarks.cells`; default: in-process, not stored).
     """
     if not isinstance(config, PAMSuiteConfig):
         raise TypeError(f"config must be a PAMSuiteConfig, got {type(config).__name__}")
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    cells = cells or Cells()
     seeds = [seed + s for s in config.seeds]
-    try:
-        parts = {
-            (key, s): _run_split(key, config, s, progress, device)
-            for s in seeds
-            for key in config.splits
-        }
-    finally:
-        torch.set_num_threads(threads)
+    settings = cell_settings(config, AXES)
+    cases = [(key, s) for s in seeds for key in config.splits]
+    work = [
+        Cell({"part": "pam", "settings": settings, "split": key, "seed": s}, pam_cell,
+             (key, config, s, progress and cells.jobs == 1, device))
+        for key, s in cases
+    ]  # fmt: skip
+    values = run_cells(cells, work, desc="PAM splits x seeds", progress=progress)
+    parts = dict(zip(cases, values, strict=True))
     return {
         "config": asdict(config),
         "seeds": seeds,
@@ -263,4 +296,5 @@ PART = Part(
     needs=lambda config: [need for key in config.splits for need in data_needs(key)],
     headline=pam_headline,
     devices=("cpu", "cuda"),
+    cells=True,
 )

@@ -65,7 +65,10 @@ class Part:
     ``devices``: where the part can run (:mod:`benchmarks.devices`); a part that
     lists ``"cuda"`` takes ``run(..., device=...)``, the others are CPU
     measurements by design (latency, edge, memory) and run on the CPU under
-    ``--device cuda`` too.
+    ``--device cuda`` too. ``cells``: the part's run takes ``cells=``
+    (:class:`benchmarks.cells.Cells`): it stores each finished cell in the
+    output folder, takes stored cells back on ``--resume`` and can compute
+    its cells in worker processes (``--jobs``).
     """
 
     name: str
@@ -78,6 +81,7 @@ class Part:
     needs: Callable[[Any], list[Need]] = no_needs
     headline: Callable[[Any], list[dict[str, Any]]] = no_headline
     devices: tuple[str, ...] = ("cpu",)
+    cells: bool = False
 
     def device_for(self, device: str) -> str:
         """Where this part runs when the suite runs on ``device`` (the CPU if it cannot go there)."""

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cells import Cells
 from benchmarks.devices import DEVICES, check_device, device_kind
 from benchmarks.measure import environment, git_sha
 from benchmarks.needs import PLOTS, MissingNeeds, Need, missing_needs, module_need
@@ -142,6 +143,18 @@ def _say(progress: bool, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def _cells(
+    part: str, version: Mapping[str, Any], out: str | Path | None, resume: bool, jobs: int
+) -> Cells:
+    """Where ``part`` stores its cells (versioned by the part's code and device); a run that does
+    not resume starts them afresh."""
+    folder = None if out is None else Path(out) / "cells" / part
+    cells = Cells(folder, {"code": version["code"], "device": version["device"]}, jobs=jobs)
+    if not resume:
+        cells.clear()
+    return cells
+
+
 def run_suite(
     name: str,
     *,
@@ -153,6 +166,7 @@ def run_suite(
     resume: bool = False,
     skip_missing: bool = False,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run suite ``name``; return ``{"run_info", "metrics", "meta_info", "headline"}``.
 
@@ -174,10 +188,16 @@ def run_suite(
     measurements (latency, edge, memory) stay on the CPU, and their latencies are
     CPU latencies everywhere. ``run_info.part_devices`` records where each ran. A
     missing CUDA device is a missing need (``skip_missing`` skips those parts).
+
+    Cells (:mod:`benchmarks.cells`): the parts with ``Part.cells`` (dense, pam)
+    store every finished cell in ``out/cells/<part>``, so ``resume`` computes only
+    the cells an interrupted or failed part had not finished (a run without
+    ``resume`` starts them afresh); ``jobs`` worker processes compute them.
     """
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; choose from {sorted(SUITES)}")
     device_kind(device)
+    jobs = Cells(jobs=jobs).jobs  # checked before anything runs
     if resume and out is None:
         raise ValueError("resume=True needs the output folder of the run to continue (out=...)")
     suite = SUITES[name]
@@ -212,6 +232,7 @@ def run_suite(
         "overrides": {p: dict(v) for p, v in (overrides or {}).items()},
         "skipped_parts": skipped,
         "kept_parts": list(kept),
+        "jobs": jobs,
     }
     if resume:
         info["rerun_parts"] = {p: why for p, why in rerun.items() if p not in skipped}
@@ -252,6 +273,8 @@ def run_suite(
             where_to = (
                 {} if devices[part] == "cpu" else {"device": str(check_device(devices[part]))}
             )
+            if PARTS[part].cells:
+                where_to["cells"] = _cells(part, versions[part], out, resume, jobs)
             metrics = PARTS[part].run(configs[part], seed=seed, progress=progress, **where_to)
         except KeyboardInterrupt:
             info.update(status="interrupted", interrupted_part=part)

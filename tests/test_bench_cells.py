@@ -1,0 +1,234 @@
+"""Checkpoints inside a part: finished cells are stored as they end, a resumed run computes only
+the rest, and worker processes give the values the in-process run gives.
+
+A fake part of cells (registered for the test) shows the suite's route; the real dense and
+PAM parts are checked on tiny configs: stored rows are taken back without recomputing, and
+the dense rows from two worker processes equal the in-process rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from benchmarks import pam_suite, resume, suites
+from benchmarks.__main__ import main
+from benchmarks.cells import Cell, Cells, cell_settings, run_cells
+from benchmarks.dense_suite import DenseSuiteConfig, run_dense_suite
+from benchmarks.pam_suite import PAMSuiteConfig, run_pam_suite
+from benchmarks.part import Part
+from benchmarks.parts import PARTS
+from tests.test_bench_pam_suite import TINY as TINY_PAM
+
+LOG = "BENCH_CELL_LOG"  # file each computed cell appends its index to
+FAIL = "BENCH_CELL_FAIL"  # the cell index that raises
+TIMING = {"method_seconds", "latency_b1_ms", "latency_b16_ms"}  # measured, never equal twice
+
+
+def square(index: int) -> dict[str, Any]:
+    """A cell: logs that it ran, raises at ``$BENCH_CELL_FAIL``, returns a tuple inside a dict."""
+    if os.environ.get(LOG):
+        with open(os.environ[LOG], "a") as handle:
+            handle.write(f"{index}\n")
+    if os.environ.get(FAIL) == str(index):
+        raise RuntimeError(f"cell {index} broke")
+    return {"index": index, "square": (index * index, torch.get_num_threads())}
+
+
+def _calls(log: Path) -> list[int]:
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def _work(n: int, tag: str = "a") -> list[Cell]:
+    return [Cell({"tag": tag, "index": i}, square, (i,)) for i in range(n)]
+
+
+@pytest.fixture
+def log(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "cells.log"
+    monkeypatch.setenv(LOG, str(path))
+    monkeypatch.delenv(FAIL, raising=False)
+    return path
+
+
+def test_stored_cells_are_taken_back_and_only_the_rest_computed(tmp_path, log, monkeypatch):
+    cells = Cells(tmp_path / "c", {"code": "x"})
+    monkeypatch.setenv(FAIL, "3")
+    with pytest.raises(RuntimeError, match="cell 3 broke"):
+        run_cells(cells, _work(5), progress=False)
+    assert _calls(log) == [0, 1, 2, 3]
+    assert len(list((tmp_path / "c").glob("*.json"))) == 3  # the finished ones, nothing torn
+    monkeypatch.delenv(FAIL)
+    values = run_cells(cells, _work(5), progress=False)
+    assert _calls(log) == [0, 1, 2, 3, 3, 4]
+    # values read back as JSON in both routes: tuples are lists, order is the work's
+    assert [v["index"] for v in values] == [0, 1, 2, 3, 4]
+    assert values == json.loads(json.dumps(run_cells(Cells(), _work(5), progress=False)))
+    stored = json.loads(cells.path({"tag": "a", "index": 2}).read_text())
+    assert stored["key"] == {"tag": "a", "index": 2} and stored["seconds"] >= 0.0
+
+
+def test_another_version_key_or_a_torn_file_is_computed_again(tmp_path, log):
+    folder = tmp_path / "c"
+    run_cells(Cells(folder, {"code": "x"}), _work(2), progress=False)
+    run_cells(Cells(folder, {"code": "y"}), _work(2), progress=False)  # code changed
+    run_cells(Cells(folder, {"code": "x"}), _work(2, tag="b"), progress=False)  # settings changed
+    assert _calls(log) == [0, 1, 0, 1, 0, 1]
+    cells = Cells(folder, {"code": "x"})
+    cells.path({"tag": "a", "index": 1}).write_text('{"key": ')  # killed while writing
+    run_cells(cells, _work(2), progress=False)
+    assert _calls(log)[6:] == [1]
+    cells.clear()
+    assert not folder.exists()
+    run_cells(Cells(), _work(1), progress=False)  # no folder: nothing stored, always computed
+    assert _calls(log)[7:] == [0]
+
+
+def test_worker_processes_give_the_in_process_values(tmp_path, log):
+    cells = Cells(tmp_path / "c", jobs=2, threads=1)
+    parallel = run_cells(cells, _work(4), progress=False)
+    assert sorted(_calls(log)) == [0, 1, 2, 3]
+    assert [v["square"] for v in parallel] == [[i * i, 1] for i in range(4)]  # torch threads set
+    assert run_cells(cells, _work(4), progress=False) == parallel  # all taken back
+    assert len(_calls(log)) == 4
+
+
+def test_a_failing_worker_cell_stops_the_run_and_keeps_the_finished(tmp_path, log, monkeypatch):
+    monkeypatch.setenv(FAIL, "0")
+    cells = Cells(tmp_path / "c", jobs=2, threads=1)
+    with pytest.raises(RuntimeError, match="cell 0 broke"):
+        run_cells(cells, _work(3), progress=False)
+    monkeypatch.delenv(FAIL)
+    done = set(_calls(log))
+    run_cells(cells, _work(3), progress=False)
+    again = _calls(log)[len(done) :]
+    assert 0 in again and set(again) | (done - {0}) == {0, 1, 2}
+
+
+def test_bad_settings_raise():
+    for jobs in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="jobs must be a positive"):
+            Cells(jobs=jobs)
+    with pytest.raises(TypeError, match="benchmarks.cells.Cells"):
+        run_cells({"jobs": 2}, _work(1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not stored"):
+        Cells().path({"a": 1})
+    with pytest.raises(ValueError, match=r"axes \['nope'\]"):
+        cell_settings(DenseSuiteConfig(), ("seeds", "nope"))
+
+
+def test_jobs_zero_on_the_command_line_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--suite", "quick", "--jobs", "0"])
+    assert "--jobs must be a positive number" in capsys.readouterr().err
+
+
+def test_cell_keys_leave_out_the_axes_only():
+    base = DenseSuiteConfig()
+    more = DenseSuiteConfig(methods=("cut", "tp-taylor"), seeds=(0, 1), ratios=(0.3, 0.9))
+    assert cell_settings(base, ("subsets", "ratios", "methods", "seeds")) == cell_settings(
+        more, ("subsets", "ratios", "methods", "seeds")
+    )
+    other = DenseSuiteConfig(finetune_lr=1e-4)
+    assert cell_settings(base, ("seeds",)) != cell_settings(other, ("seeds",))
+
+
+# --- the suite's route: a fake part of cells --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    """A fake cell part's settings."""
+
+    cells: int = 4
+
+
+def _fake_run(config: FakeConfig, *, seed: int, progress: bool, cells: Cells) -> dict[str, Any]:
+    return {"values": run_cells(cells, _work(config.cells), progress=False), "seed": seed}
+
+
+FAKE = Part(
+    name="celled",
+    title="Fake part of cells",
+    config=FakeConfig,
+    run=_fake_run,
+    render=lambda metrics: f"{len(metrics['values'])} cells",
+    cells=True,
+)
+
+
+def test_a_failed_part_resumes_from_its_cells(tmp_path, log, monkeypatch):
+    monkeypatch.setattr(resume, "code_version", lambda root=None: "test-code")
+    monkeypatch.setitem(PARTS, "celled", FAKE)
+    monkeypatch.setitem(suites.SUITES, "celled", suites.Suite("fake", {"celled": {}}))
+    out = tmp_path / "out"
+    monkeypatch.setenv(FAIL, "2")
+    assert main(["run", "--suite", "celled", "--no-progress", "--out", str(out)]) == 1
+    assert len(list((out / "cells" / "celled").glob("*.json"))) == 2
+    monkeypatch.delenv(FAIL)
+    assert main(["run", "--resume", str(out), "--no-progress", "--jobs", "2"]) == 0
+    assert _calls(log)[:3] == [0, 1, 2] and sorted(_calls(log)[3:]) == [2, 3]
+    results = json.loads((out / "results.json").read_text())
+    assert [v["index"] for v in results["metrics"]["celled"]["values"]] == [0, 1, 2, 3]
+    assert results["run_info"]["jobs"] == 2
+    # a run that does not resume starts the cells afresh
+    assert main(["run", "--suite", "celled", "--no-progress", "--out", str(out)]) == 0
+    assert sorted(_calls(log)[5:]) == [0, 1, 2, 3]
+
+
+# --- the real parts on tiny configs -----------------------------------------------------------
+
+TINY_DENSE = DenseSuiteConfig(
+    data_kwargs={"size": 32, "train": 32, "val": 16, "test": 16, "cache_dir": None},
+    methods=("cut", "tp-magnitude"),
+    pretrain_epochs=1,
+    batch_size=16,
+    score_batches=1,
+    budgets={"short": 2},
+    eval_every=2,
+    latency_repeats=1,
+)
+
+
+def _untimed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def test_dense_rows_from_workers_and_from_the_store_equal_the_in_process_rows(tmp_path):
+    cache = tmp_path / "cache"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain = run_dense_suite(TINY_DENSE, progress=False, cache_dir=cache)
+        cells = Cells(tmp_path / "c", {"code": "x"}, jobs=2, threads=1)
+        parallel = run_dense_suite(TINY_DENSE, progress=False, cache_dir=cache, cells=cells)
+    finally:
+        torch.set_num_threads(threads)
+    assert _untimed(parallel["rows"]) == _untimed(json.loads(json.dumps(plain["rows"])))
+    assert all(row["threads"] == 1 for row in parallel["rows"])
+    assert len(list((tmp_path / "c").glob("*.json"))) == 2
+    # taken back: no method runs again
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("benchmarks.dense_suite.dense_cell", _never)
+        again = run_dense_suite(TINY_DENSE, progress=False, cache_dir=cache, cells=cells)
+    assert again["rows"] == parallel["rows"]
+
+
+def _never(*args: Any) -> Any:
+    raise AssertionError("a stored cell was computed again")
+
+
+def test_pam_splits_are_stored_and_taken_back(tmp_path, monkeypatch):
+    config = PAMSuiteConfig(**{**TINY_PAM, "pruners": ("magnitude",), "groupings": ("paper",)},
+                            cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    cells = Cells(tmp_path / "c", {"code": "x"})
+    first = run_pam_suite(config, progress=False, cells=cells)
+    monkeypatch.setattr(pam_suite, "_run_split", _never)
+    again = run_pam_suite(config, progress=False, cells=cells)
+    assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
