@@ -272,14 +272,21 @@ def run_dense_suite(
                 **_measure(dense["model"], context["data"], config.latency_repeats),
             })  # fmt: skip
     settings = cell_settings(config, AXES)
+    # subset by subset (every seed of a subset before the next), so an interrupted run holds
+    # whole tables; the rows are returned seed by seed, as the tables read them
+    cases = [(s, sub, r, m) for sub in config.subsets for s in seeds for r in config.ratios
+             for m in config.methods]  # fmt: skip
     work = [
         Cell({"part": "dense", "settings": settings, "seed": s, "tasks": list(sub), "ratio": r,
               "method": m}, dense_cell, (config, s, list(sub), r, m, cache, device))
-        for s in seeds for sub in config.subsets for r in config.ratios for m in config.methods
+        for s, sub, r, m in cases
     ]  # fmt: skip
     _SEED.clear()  # the data and models of the last seed are not held after the part
-    rows = run_cells(cells, work, desc="dense CUT suite", progress=progress)
+    done = dict(zip(cases, run_cells(cells, work, desc="dense CUT suite", progress=progress),
+                    strict=True))  # fmt: skip
     _SEED.clear()
+    rows = [done[s, sub, r, m] for s in seeds for sub in config.subsets for r in config.ratios
+            for m in config.methods]  # fmt: skip
     return {"config": asdict(config), "dense": dense_rows, "rows": rows}
 
 
