@@ -22,7 +22,8 @@ timeout or a closed laptop at hour 19 is not an option:
   same thread count (tested), and results come back in the work's order.
 
 A cell that raises stops the part (the cells finished before it are kept); a
-``KeyboardInterrupt`` cancels the cells not started.
+``KeyboardInterrupt`` cancels the cells not started; a worker whose parent is
+killed exits within a second instead of computing on as an orphan.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,8 +142,16 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))  # key order kept: tables list budgets in order
 
 
-def _start_worker(threads: int) -> None:
+def _watch_parent(parent: int) -> None:
+    """Exit this worker once the process that started it is gone (killed, not only interrupted)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _start_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
 def _timed_call(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, float]:
@@ -195,7 +205,7 @@ def _in_workers(
         max_workers=min(cells.jobs, len(todo)),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(cells.worker_threads(),),
+        initargs=(cells.worker_threads(), os.getpid()),
     )
     try:
         futures = {pool.submit(_timed_call, work[i].fn, work[i].args): i for i in todo}

@@ -4,10 +4,13 @@
 (its metrics are stored and it is not in ``failed_parts``) and its recorded
 version equals the version it would run with now; every other part runs again.
 
-**Granularity: the part.** No part loops over seeds today (a suite passes one
-``seed`` to each part's ``run``), so a part is the smallest unit that finishes
-with metrics of its own. The seed is part of the version, so a resume with
-another ``--seed`` reruns everything.
+**Granularity: the part, and inside the long parts the cell.** A part is kept
+whole when it finished; the dense and PAM parts also store each finished cell
+(:mod:`benchmarks.cells`: a seed × subset × ratio × method row, a split × seed
+table), so a part that did not finish is rerun from its stored cells. The
+suite's seed is part of a part's version, so a resume with another ``--seed``
+reruns every part (a cell's key names its own seed, so cells of seeds both
+runs share are kept).
 
 **Code version: a hash of the package sources, not the git commit.** The hash
 covers every ``*.py`` / ``*.json`` file of ``benchmarks``, ``cut_plugin``,

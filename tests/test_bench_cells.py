@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from benchmarks.part import Part
 from benchmarks.parts import PARTS
 from tests.test_bench_pam_suite import TINY as TINY_PAM
 
+ROOT = Path(__file__).resolve().parents[1]
 LOG = "BENCH_CELL_LOG"  # file each computed cell appends its index to
 FAIL = "BENCH_CELL_FAIL"  # the cell index that raises
 TIMING = {"method_seconds", "latency_b1_ms", "latency_b16_ms"}  # measured, never equal twice
@@ -39,6 +43,22 @@ def square(index: int) -> dict[str, Any]:
     if os.environ.get(FAIL) == str(index):
         raise RuntimeError(f"cell {index} broke")
     return {"index": index, "square": (index * index, torch.get_num_threads())}
+
+
+def sleeper(index: int) -> int:
+    """A cell that logs its process id and then takes a minute."""
+    with open(os.environ[LOG], "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    time.sleep(60)
+    return index
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status  # a zombie has exited
 
 
 def _calls(log: Path) -> list[int]:
@@ -109,6 +129,30 @@ def test_a_failing_worker_cell_stops_the_run_and_keeps_the_finished(tmp_path, lo
     run_cells(cells, _work(3), progress=False)
     again = _calls(log)[len(done) :]
     assert 0 in again and set(again) | (done - {0}) == {0, 1, 2}
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_workers_exit_when_the_run_is_killed(tmp_path, log):
+    script = (
+        "from benchmarks.cells import Cell, Cells, run_cells\n"
+        "from tests.test_bench_cells import sleeper\n"
+        "run_cells(Cells(jobs=2, threads=1), [Cell({'i': i}, sleeper, (i,)) for i in range(2)],"
+        " progress=False)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_calls(log)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _calls(log)
+        assert len(workers) == 2, "the workers did not start"
+    finally:
+        parent.kill()  # SIGKILL: the parent cannot tell its workers
+        parent.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
 
 
 def test_bad_settings_raise():
