@@ -118,6 +118,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if status in {"running", "interrupted"}:
             print(f"note: replacing the unfinished run in {out} (--resume {out} continues it)",
                   file=sys.stderr)  # fmt: skip
+    stored = sorted((out / "cells").glob("*/*.json")) if args.resume is None else []
+    if stored:
+        print(f"note: a run without --resume starts afresh: the {len(stored)} cells stored in "
+              f"{out / 'cells'} are discarded as its parts start (--resume {out} keeps them)",
+              file=sys.stderr)  # fmt: skip
     try:
         results = run_suite(
             settings["suite"],

@@ -207,7 +207,7 @@ FAKE = Part(
 )
 
 
-def test_a_failed_part_resumes_from_its_cells(tmp_path, log, monkeypatch):
+def test_a_failed_part_resumes_from_its_cells(tmp_path, log, monkeypatch, capsys):
     monkeypatch.setattr(resume, "code_version", lambda root=None: "test-code")
     monkeypatch.setitem(PARTS, "celled", FAKE)
     monkeypatch.setitem(suites.SUITES, "celled", suites.Suite("fake", {"celled": {}}))
@@ -221,9 +221,11 @@ def test_a_failed_part_resumes_from_its_cells(tmp_path, log, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     assert [v["index"] for v in results["metrics"]["celled"]["values"]] == [0, 1, 2, 3]
     assert results["run_info"]["jobs"] == 2
-    # a run that does not resume starts the cells afresh
+    # a run that does not resume starts the cells afresh, and says so
+    capsys.readouterr()
     assert main(["run", "--suite", "celled", "--no-progress", "--out", str(out)]) == 0
     assert sorted(_calls(log)[5:]) == [0, 1, 2, 3]
+    assert "the 4 cells stored in" in capsys.readouterr().err
 
 
 # --- the real parts on tiny configs -----------------------------------------------------------
