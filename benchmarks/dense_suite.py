@@ -220,7 +220,7 @@ def dense_cell(config: DenseSuiteConfig, run_seed: int, tasks: list[str], ratio:
     curve = _curve(pruned, masks, ctx, dense["val"], dict(config.budgets), config.finetune_lr,
                    config.eval_every)  # fmt: skip
     if config.paper_budget:
-        paper = _curve(pruned, masks, ctx, dense["val"], {"paper": PAPER_BUDGET["steps"]},
+        paper = _curve(pruned, masks, ctx, dense["val"], {"paper": int(PAPER_BUDGET["steps"])},
                        PAPER_BUDGET["lr"], config.eval_every)  # fmt: skip
         paper.pop("0")
         curve.update(paper)

@@ -270,7 +270,7 @@ def run_suite(
         )
         t0 = time.perf_counter()
         try:
-            where_to = (
+            where_to: dict[str, Any] = (
                 {} if devices[part] == "cpu" else {"device": str(check_device(devices[part]))}
             )
             if PARTS[part].cells:
