@@ -1,4 +1,4 @@
-"""``python -m benchmarks run --suite quick|full|dense [--parts ...] [--out DIR] [--seed N] [--device cpu|cuda] [--data scenes|nyuv2|cityscapes --data-root DIR] [--resume DIR] [--jobs N] [--skip-missing]``, ``list``, ``readme``.
+"""``python -m benchmarks run --suite quick|full|dense [--parts ...] [--out DIR] [--seed N] [--device cpu|cuda] [--data scenes|nyuv2|cityscapes --data-root DIR] [--resume DIR] [--jobs N] [--skip-missing]``, ``partial RUN``, ``list``, ``readme``.
 
 Exit status of ``run``: 0 when every selected part finished (skipped parts
 included), 1 when a part failed (recorded in ``run_info.failed_parts``), 2 when
@@ -19,7 +19,7 @@ import torch
 from benchmarks.dense_suite import DENSE_DATA, data_settings
 from benchmarks.needs import MissingNeeds
 from benchmarks.report import summarise, update_readme
-from benchmarks.suites import DEVICES, SUITES, previous_run, run_suite
+from benchmarks.suites import DEVICES, SUITES, partial_run, previous_run, run_suite
 
 DEFAULTS = {"suite": "quick", "seed": 0, "parts": None, "device": None}
 """``run``'s defaults when not resuming; a resumed run takes the earlier run's instead.
@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         help="skip the parts whose packages or data are missing (recorded in results.json) "
         "instead of stopping before the first part",
     )
+    partial = commands.add_parser(
+        "partial",
+        help="report an unfinished run so far: finished parts, and the dense and pam parts "
+        "from the cells stored (RUN/partial: results.json, report.md, plots)",
+    )
+    partial.add_argument("run", type=Path, metavar="RUN", help="the run's output folder")
+    partial.add_argument("--out", type=Path, default=None, help="default RUN/partial")
     commands.add_parser("list", help="list the suites and their parts")
     readme = commands.add_parser(
         "readme", help="regenerate README.md's results section from a results.json"
@@ -168,6 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for name, suite in SUITES.items():
             print(f"{name:6s} {suite.description}\n       parts: {', '.join(suite.parts)}")
+        return 0
+    if args.command == "partial":
+        try:
+            results = partial_run(args.run, args.out)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        counts = results["run_info"]["partial_parts"]
+        for part, count in counts.items():
+            print(f"  {part}: {count['stored']} of {count['of']} cells stored")
+        print(f"wrote {args.out or args.run / 'partial'}/results.json, report.md"
+              + ("" if counts else " (no part has stored cells yet)"))  # fmt: skip
         return 0
     if args.command == "readme":
         update_readme(args.results, args.readme, section=args.section)

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.resume import config_hash
 
-__all__ = ["Cell", "Cells", "cell_settings", "run_cells"]
+__all__ = ["Cell", "Cells", "cell_settings", "partial_count", "run_cells"]
 
 
 def cell_settings(config: Any, axes: Sequence[str]) -> str:
@@ -82,17 +82,22 @@ class Cells:
     ``version``: what must match besides the key for a stored cell to be taken
     back (the suite gives the code version and the device). ``threads``: torch
     threads per worker process (default ``os.cpu_count() // jobs``, at least 1).
+    ``compute=False``: take back the stored cells only; the others come back as
+    None (a partial report of a run still going, :func:`benchmarks.suites.partial_run`).
     """
 
     folder: Path | None = None
     version: Mapping[str, Any] = field(default_factory=dict)
     jobs: int = 1
     threads: int | None = None
+    compute: bool = True
 
     def __post_init__(self) -> None:
         _check_jobs(self.jobs)
         if self.threads is not None:
             _check_jobs(self.threads)
+        if not isinstance(self.compute, bool):
+            raise TypeError(f"compute must be a bool, got {self.compute!r}")
 
     def worker_threads(self) -> int:
         """Torch threads of each worker process."""
@@ -137,6 +142,13 @@ class Cells:
             shutil.rmtree(self.folder)
 
 
+def partial_count(cells: Cells, values: Sequence[Any]) -> dict[str, dict[str, int]]:
+    """``{"cells": {"stored", "of"}}`` for a part's metrics when only stored cells were read, else ``{}``."""
+    if cells.compute:
+        return {}
+    return {"cells": {"stored": sum(v is not None for v in values), "of": len(values)}}
+
+
 def _plain(value: Any) -> Any:
     """As the value reads back from JSON (tuples become lists)."""
     return json.loads(json.dumps(value))  # key order kept: tables list budgets in order
@@ -163,7 +175,8 @@ def _timed_call(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, flo
 def run_cells(
     cells: Cells, work: Sequence[Cell], *, desc: str = "cells", progress: bool = True
 ) -> list[Any]:
-    """The value of every cell of ``work``, in order: stored ones taken back, the rest computed.
+    """The value of every cell of ``work``, in order: stored ones taken back, the rest computed
+    (or None with ``cells.compute`` False).
 
     Values pass through JSON (what a stored cell reads back as), so a resumed
     and an uninterrupted run return the same thing.
@@ -178,6 +191,8 @@ def run_cells(
             values[index] = value
         else:
             todo.append(index)
+    if not cells.compute:
+        return values
     bar = tqdm(total=len(work), initial=len(work) - len(todo), desc=desc, disable=not progress)
     if todo:
         bar.set_postfix(stored=len(work) - len(todo), jobs=cells.jobs)

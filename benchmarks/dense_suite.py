@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adapters.torch_pruning import count_macs
-from benchmarks.cells import Cell, Cells, cell_settings, run_cells
+from benchmarks.cells import Cell, Cells, cell_settings, partial_count, run_cells
 from benchmarks.cut_methods import CUT_METHODS, Context, check_table
 from benchmarks.data import TaskData, batches, load_data
 from benchmarks.dense import dense_scores, task_delta_m
@@ -261,16 +261,6 @@ def run_dense_suite(
     cells = cells or Cells()
     seeds = [seed + s for s in config.seeds]
     cache = str(cache_dir)
-    dense_rows: list[dict[str, Any]] = []
-    for run_seed in tqdm(seeds, desc="dense models", disable=not progress or len(seeds) < 2):
-        context = _seed_context(config, run_seed, cache, device, progress=progress)
-        for subset in config.subsets:
-            tasks = list(subset)
-            dense = _dense_of(context, tasks)
-            dense_rows.append({
-                "seed": run_seed, "tasks": tasks, "test": dense["test"], "val": dense["val"],
-                **_measure(dense["model"], context["data"], config.latency_repeats),
-            })  # fmt: skip
     settings = cell_settings(config, AXES)
     # subset by subset (every seed of a subset before the next), so an interrupted run holds
     # whole tables; the rows are returned seed by seed, as the tables read them
@@ -281,13 +271,30 @@ def run_dense_suite(
               "method": m}, dense_cell, (config, s, list(sub), r, m, cache, device))
         for s, sub, r, m in cases
     ]  # fmt: skip
+    # the dense models of every seed, pre-trained here before any cell; with
+    # cells.compute False (only the stored rows are read) of the seeds with a stored row
+    values = None if cells.compute else run_cells(cells, work, progress=False)
+    stored = set() if values is None else {c[0] for c, v in zip(cases, values, strict=True) if v}
+    wanted = seeds if values is None else [s for s in seeds if s in stored]
+    dense_rows: list[dict[str, Any]] = []
+    for run_seed in tqdm(wanted, desc="dense models", disable=not progress or len(wanted) < 2):
+        context = _seed_context(config, run_seed, cache, device, progress=progress)
+        for subset in config.subsets:
+            tasks = list(subset)
+            dense = _dense_of(context, tasks)
+            dense_rows.append({
+                "seed": run_seed, "tasks": tasks, "test": dense["test"], "val": dense["val"],
+                **_measure(dense["model"], context["data"], config.latency_repeats),
+            })  # fmt: skip
     _SEED.clear()  # the data and models of the last seed are not held after the part
-    done = dict(zip(cases, run_cells(cells, work, desc="dense CUT suite", progress=progress),
-                    strict=True))  # fmt: skip
+    if values is None:
+        values = run_cells(cells, work, desc="dense CUT suite", progress=progress)
+    done = dict(zip(cases, values, strict=True))
     _SEED.clear()
     rows = [done[s, sub, r, m] for s in seeds for sub in config.subsets for r in config.ratios
-            for m in config.methods]  # fmt: skip
-    return {"config": asdict(config), "dense": dense_rows, "rows": rows}
+            for m in config.methods if done[s, sub, r, m] is not None]  # fmt: skip
+    partial = partial_count(cells, values)
+    return {"config": asdict(config), "dense": dense_rows, "rows": rows, **partial}
 
 
 def data_settings(data: str, root: str | os.PathLike[str] | None) -> dict[str, Any]:

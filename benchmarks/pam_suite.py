@@ -75,7 +75,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from adapters.registry import build
-from benchmarks.cells import Cell, Cells, cell_settings, run_cells
+from benchmarks.cells import Cell, Cells, cell_settings, partial_count, run_cells
 from benchmarks.needs import data_needs
 from benchmarks.pam_config import PAM_MODELS, PAM_PRUNERS, PAM_SPLITS, PAMSuiteConfig
 from benchmarks.pam_context import PAMContext, own_rows, prepare_context
@@ -268,20 +268,25 @@ def run_pam_suite(
         for key, s in cases
     ]  # fmt: skip
     values = run_cells(cells, work, desc="PAM splits x seeds", progress=progress)
-    parts = dict(zip(cases, values, strict=True))
+    parts = {case: v for case, v in zip(cases, values, strict=True) if v is not None}
     return {
         "config": asdict(config),
         "seeds": seeds,
         "single_task_accuracy": {
-            k: {str(s): parts[(k, s)]["single"] for s in seeds} for k in config.splits
+            k: {str(s): parts[(k, s)]["single"] for s in seeds if (k, s) in parts}
+            for k in config.splits
         },
-        "merges": {k: {str(s): parts[(k, s)]["merges"] for s in seeds} for k in config.splits},
+        "merges": {
+            k: {str(s): parts[(k, s)]["merges"] for s in seeds if (k, s) in parts}
+            for k in config.splits
+        },
         "rows": [r for p in parts.values() for r in p["rows"]],
         "runs": [r for p in parts.values() for r in p["runs"]],
         "summary": [s for p in parts.values() for s in p["summary"]],
         "models": {
             k: {"name": PAM_MODELS[k][0], "options": PAM_MODELS[k][1]} for k in config.splits
         },
+        **partial_count(cells, values),
     }
 
 

@@ -94,7 +94,16 @@ def render_report(results: dict[str, Any]) -> str:
 def run_status(info: dict[str, Any]) -> list[str]:
     """Lines on an unfinished, resumed, failed or partly skipped run (none for a plain one)."""
     lines = []
-    if info.get("status") == "running":
+    if info.get("status") == "partial":
+        counts = ", ".join(
+            f"`{p}` {c['stored']} of {c['of']} cells"
+            for p, c in info.get("partial_parts", {}).items()
+        )
+        lines.append(
+            f"**Partial report of an unfinished run**: {counts or 'no stored cells'}. Each table "
+            "holds only the stored cells; a best other method is the best of those present."
+        )
+    elif info.get("status") == "running":
         lines.append(f"**Unfinished run**: parts so far {info.get('finished_parts', [])}.")
     elif info.get("status") == "interrupted":
         lines.append(f"**Interrupted** during part `{info.get('interrupted_part')}`.")

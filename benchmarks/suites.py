@@ -39,6 +39,7 @@ __all__ = [
     "SUITES_FILE",
     "Suite",
     "load_suites",
+    "partial_run",
     "previous_run",
     "run_suite",
     "suite_needs",
@@ -290,4 +291,43 @@ def run_suite(
         save()
     info["status"] = "finished"
     save()
+    return results
+
+
+def partial_run(run: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """The run in folder ``run`` so far: its finished parts, and each unfinished part from its stored cells.
+
+    For a long run still going (or stopped): the parts with cells (dense, pam) are
+    assembled from the cells stored so far, read with the run's code version and
+    device as recorded in its results.json, nothing else computed (the dense part
+    evaluates the dense models of the seeds it has rows of). Written to ``out``
+    (default ``run/partial``) as results.json, report.md and plots, with
+    ``run_info.status`` ``"partial"`` and ``run_info.partial_parts`` ``{part:
+    {"stored", "of"}}``; a part with no stored cell is left out. The tables hold
+    only the stored cells: a "best other method" is the best of the methods present.
+    """
+    previous = previous_run(run)
+    info = dict(previous["run_info"])
+    configs = SUITES[info["suite"]].configs(info.get("overrides"))
+    metrics = dict(previous.get("metrics", {}))
+    partial: dict[str, dict[str, int]] = {}
+    for part in info["parts"]:
+        if part in metrics or not PARTS[part].cells:
+            continue
+        device = info.get("part_devices", {}).get(part, "cpu")
+        folder = Path(run) / "cells" / part
+        cells = Cells(folder, {"code": info["code_version"], "device": device}, compute=False)
+        found = PARTS[part].run(configs[part], seed=info["seed"], progress=False, cells=cells)
+        if found["cells"]["stored"]:
+            metrics[part] = found
+            partial[part] = found["cells"]
+    info.update(status="partial", partial_parts=partial)
+    results = {
+        "run_info": info,
+        "metrics": {p: metrics[p] for p in info["parts"] if p in metrics},
+        "meta_info": previous.get("meta_info", {}),
+        "headline": [],
+    }
+    plots = not missing_needs({PLOTS: [module_need("matplotlib", "the report's plots")]})
+    write_results(results, Path(out) if out is not None else Path(run) / "partial", plots=plots)
     return results

@@ -22,7 +22,7 @@ import torch
 
 from benchmarks import pam_suite, resume, suites
 from benchmarks.__main__ import main
-from benchmarks.cells import Cell, Cells, cell_settings, run_cells
+from benchmarks.cells import Cell, Cells, cell_settings, partial_count, run_cells
 from benchmarks.dense_suite import DenseSuiteConfig, run_dense_suite
 from benchmarks.pam_suite import PAMSuiteConfig, run_pam_suite
 from benchmarks.part import Part
@@ -161,6 +161,8 @@ def test_bad_settings_raise():
             Cells(jobs=jobs)
     with pytest.raises(TypeError, match="benchmarks.cells.Cells"):
         run_cells({"jobs": 2}, _work(1))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="compute must be a bool"):
+        Cells(compute=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not stored"):
         Cells().path({"a": 1})
     with pytest.raises(ValueError, match=r"axes \['nope'\]"):
@@ -194,7 +196,8 @@ class FakeConfig:
 
 
 def _fake_run(config: FakeConfig, *, seed: int, progress: bool, cells: Cells) -> dict[str, Any]:
-    return {"values": run_cells(cells, _work(config.cells), progress=False), "seed": seed}
+    values = run_cells(cells, _work(config.cells), progress=False)
+    return {"values": values, "seed": seed, **partial_count(cells, values)}
 
 
 FAKE = Part(
@@ -208,7 +211,8 @@ FAKE = Part(
 
 
 def test_a_failed_part_resumes_from_its_cells(tmp_path, log, monkeypatch, capsys):
-    monkeypatch.setattr(resume, "code_version", lambda root=None: "test-code")
+    for module in (resume, suites):  # the parts' versions and run_info.code_version
+        monkeypatch.setattr(module, "code_version", lambda root=None: "test-code")
     monkeypatch.setitem(PARTS, "celled", FAKE)
     monkeypatch.setitem(suites.SUITES, "celled", suites.Suite("fake", {"celled": {}}))
     out = tmp_path / "out"
@@ -221,10 +225,25 @@ def test_a_failed_part_resumes_from_its_cells(tmp_path, log, monkeypatch, capsys
     results = json.loads((out / "results.json").read_text())
     assert [v["index"] for v in results["metrics"]["celled"]["values"]] == [0, 1, 2, 3]
     assert results["run_info"]["jobs"] == 2
+    # a partial report reads the stored cells only
+    monkeypatch.setenv(FAIL, "1")
+    assert main(["run", "--suite", "celled", "--no-progress", "--out", str(tmp_path / "p")]) == 1
+    monkeypatch.delenv(FAIL)
+    calls = len(_calls(log))
+    assert main(["partial", str(tmp_path / "p")]) == 0
+    assert len(_calls(log)) == calls  # nothing computed
+    partial = json.loads((tmp_path / "p" / "partial" / "results.json").read_text())
+    assert partial["run_info"]["partial_parts"] == {"celled": {"stored": 1, "of": 4}}
+    assert [v["index"] for v in partial["metrics"]["celled"]["values"] if v] == [0]
+    assert (
+        "Partial report of an unfinished run"
+        in (tmp_path / "p" / "partial" / "report.md").read_text()
+    )
+    assert main(["partial", str(tmp_path / "nothing")]) == 2
     # a run that does not resume starts the cells afresh, and says so
     capsys.readouterr()
     assert main(["run", "--suite", "celled", "--no-progress", "--out", str(out)]) == 0
-    assert sorted(_calls(log)[5:]) == [0, 1, 2, 3]
+    assert sorted(_calls(log)[calls:]) == [0, 1, 2, 3]
     assert "the 4 cells stored in" in capsys.readouterr().err
 
 
@@ -263,7 +282,20 @@ def test_dense_rows_from_workers_and_from_the_store_equal_the_in_process_rows(tm
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("benchmarks.dense_suite.dense_cell", _never)
         again = run_dense_suite(TINY_DENSE, progress=False, cache_dir=cache, cells=cells)
-    assert again["rows"] == parallel["rows"]
+        assert again["rows"] == parallel["rows"] and "cells" not in again
+        # only what is stored, nothing computed: one row of two
+        cells.path(parallel_key(parallel["rows"][1])).unlink()
+        reading = Cells(tmp_path / "c", {"code": "x"}, compute=False)
+        partial = run_dense_suite(TINY_DENSE, progress=False, cache_dir=cache, cells=reading)
+    assert partial["rows"] == parallel["rows"][:1] and partial["cells"] == {"stored": 1, "of": 2}
+    assert _untimed(partial["dense"]) == _untimed(parallel["dense"])
+
+
+def parallel_key(row: dict[str, Any]) -> dict[str, Any]:
+    """The cell key of a dense row of TINY_DENSE."""
+    settings = cell_settings(TINY_DENSE, ("subsets", "ratios", "methods", "seeds"))
+    return {"part": "dense", "settings": settings, "seed": row["seed"], "tasks": row["tasks"],
+            "ratio": row["ratio"], "method": row["method"]}  # fmt: skip
 
 
 def _never(*args: Any) -> Any:
