@@ -21,8 +21,9 @@ timeout or a closed laptop at hour 19 is not an option:
   function of picklable arguments; its value is the same as in-process for the
   same thread count (tested), and results come back in the work's order.
 
-A cell that raises stops the part (the cells finished before it are kept); a
-``KeyboardInterrupt`` cancels the cells not started; a worker whose parent is
+A cell that raises stops the part: the cells finished before it, and those the
+other workers are computing, are stored, the rest cancelled; a
+``KeyboardInterrupt`` stops at once; a worker whose parent is
 killed exits within a second instead of computing on as an orphan.
 """
 
@@ -132,9 +133,13 @@ class Cells:
         entry = {"key": key, "version": self.version, "seconds": seconds, "value": value}
         text = json.dumps(entry)
         handle, name = tempfile.mkstemp(dir=self.folder, prefix=".cell-", suffix=".tmp")
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(name, self.path(key))
+        try:
+            with os.fdopen(handle, "w") as file:
+                file.write(text)
+            os.replace(name, self.path(key))
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
 
     def clear(self) -> None:
         """Forget every stored cell (a fresh, non-resumed run)."""
@@ -222,11 +227,21 @@ def _in_workers(
         initializer=_start_worker,
         initargs=(cells.worker_threads(), os.getpid()),
     )
+    futures = {pool.submit(_timed_call, work[i].fn, work[i].args): i for i in todo}
+    saved: set[concurrent.futures.Future] = set()
     try:
-        futures = {pool.submit(_timed_call, work[i].fn, work[i].args): i for i in todo}
         for future in concurrent.futures.as_completed(futures):
             finish(futures[future], *future.result())
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+            saved.add(future)
+    except KeyboardInterrupt:  # the workers got the same SIGINT: stop now
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    except BaseException:  # a cell failed: keep what the other workers are finishing
+        for future in futures:
+            future.cancel()
+        for future in concurrent.futures.as_completed(futures):
+            if future not in saved and not future.cancelled() and future.exception() is None:
+                finish(futures[future], *future.result())
+        pool.shutdown(wait=True)
         raise
     pool.shutdown(wait=True)

@@ -124,6 +124,9 @@ def test_a_failing_worker_cell_stops_the_run_and_keeps_the_finished(tmp_path, lo
     cells = Cells(tmp_path / "c", jobs=2, threads=1)
     with pytest.raises(RuntimeError, match="cell 0 broke"):
         run_cells(cells, _work(3), progress=False)
+    assert cells.load({"tag": "a", "index": 1})[0]  # the other worker's cell is stored
+    assert not cells.load({"tag": "a", "index": 0})[0]
+    assert not list((tmp_path / "c").glob(".cell-*"))  # no temporary file left
     monkeypatch.delenv(FAIL)
     done = set(_calls(log))
     run_cells(cells, _work(3), progress=False)
