@@ -2,7 +2,7 @@
 
 A **cell** is the smallest unit of a part whose result depends only on its own
 coordinates and the part's other settings: the dense part's (seed, task subset,
-ratio, method), the PAM part's (split, seed). The full suite has hundreds of
+ratio, method), the PAM part's (split, seed, pruner). The full suite has hundreds of
 them and runs for about a day on a 2-core CPU, so losing a part to a crash, a
 timeout or a closed laptop at hour 19 is not an option:
 

@@ -166,67 +166,79 @@ def _costs(models: Mapping[str, MergedNetwork], example: Tensor) -> dict[frozens
     return combination_costs(dict(models), example)
 
 
-def _run_split(
+_SPLIT: dict[tuple, tuple[PAMContext, dict, dict, dict]] = {}
+"""One split and seed's context, single-network accuracies and merges, kept between its cells."""
+
+
+def _split_context(
     key: str, config: PAMSuiteConfig, seed: int, progress: bool, device: str
+) -> tuple[PAMContext, dict, dict, dict]:
+    """References, merges and the retrained candidates of one split and seed (one held per process)."""
+    held = (cell_settings(config, AXES), key, seed, device)
+    if held not in _SPLIT:
+        _SPLIT.clear()
+        ctx = prepare_context(key, config, seed, progress, device)
+        single = {
+            "validation": ctx.reference,
+            "test": {
+                t: ctx.accuracy(n, own_rows(ctx.data.test, t))[t] for t, n in ctx.networks.items()
+            },
+        }
+        candidates, merges = _candidates(ctx)
+        _SPLIT[held] = (ctx, single, candidates, merges)
+    return _SPLIT[held]
+
+
+def _run_pruner(
+    key: str, config: PAMSuiteConfig, seed: int, pruner: str, progress: bool, device: str
 ) -> dict[str, Any]:
-    """Everything of one split: references, merges, runs, rows and summaries per pruner."""
-    ctx = prepare_context(key, config, seed, progress, device)
+    """One split, seed and pruner: references, merges, runs, rows and the summary."""
+    ctx, single, candidates, merges = _split_context(key, config, seed, progress, device)
     tasks = ctx.data.task_names
-    single = {
-        "validation": ctx.reference,
-        "test": {
-            t: ctx.accuracy(n, own_rows(ctx.data.test, t))[t] for t, n in ctx.networks.items()
-        },
-    }
-    candidates, merges = _candidates(ctx)
     methods = [m for m in config.methods() if m in candidates]
     example = ctx.merge_inputs[:1]
     unpruned = {m: sum(c.macs for c in _costs(candidates[m], example).values()) for m in methods}
-    jobs = [(p, m, n) for p in config.pruners for m in methods for n in candidates[m]]
-    pruned: dict[tuple[str, str], dict[str, MergedNetwork]] = {}
+    jobs = [(m, n) for m in methods for n in candidates[m]]
+    pruned: dict[str, dict[str, MergedNetwork]] = {}
     runs: list[dict[str, Any]] = []
-    for pruner, method, name in tqdm(jobs, desc=f"PAM {key}", disable=not progress):
+    for method, name in tqdm(jobs, desc=f"PAM {key} {pruner}", disable=not progress):
         torch.manual_seed(seed)
         model, record = prune_until(ctx, candidates[method][name], pruner)
-        pruned.setdefault((pruner, method), {})[name] = model
+        pruned.setdefault(method, {})[name] = model
         unpruned_macs = network_cost(candidates[method][name], example).macs
         runs.append({"split": key, "seed": seed, "pruner": pruner, "method": method, "network": name,
                      "unpruned_macs": unpruned_macs, **record})  # fmt: skip
-    rows: list[dict[str, Any]] = []
-    summary: list[dict[str, Any]] = []
-    for pruner in config.pruners:
-        table: list[dict[str, Any]] = []
-        for method in methods:
-            accuracy = {t: a for r in runs if (r["pruner"], r["method"]) == (pruner, method)
-                        for t, a in r["test_accuracy"].items()}  # fmt: skip
-            for combination, cost in _costs(pruned[(pruner, method)], example).items():
-                chosen = [t for t in tasks if t in combination]
-                table.append({
-                    "split": key, "seed": seed, "pruner": pruner, "method": method,
-                    "grouping": method[4:] if method.startswith("pam-") else None,
-                    "tasks": chosen, "accuracy": {t: accuracy[t] for t in chosen},
-                    "macs": cost.macs, "params": cost.params,
-                })  # fmt: skip
-        rows += table
-        mine = [r for r in runs if r["pruner"] == pruner]
-        entry = summarize_table(table, mine, unpruned, methods, tasks)
-        summary.append({"split": key, "seed": seed, "pruner": pruner, **entry})
-    return {"single": single, "merges": merges, "runs": runs, "rows": rows, "summary": summary}
+    table: list[dict[str, Any]] = []
+    for method in methods:
+        accuracy = {t: a for r in runs if r["method"] == method
+                    for t, a in r["test_accuracy"].items()}  # fmt: skip
+        for combination, cost in _costs(pruned[method], example).items():
+            chosen = [t for t in tasks if t in combination]
+            table.append({
+                "split": key, "seed": seed, "pruner": pruner, "method": method,
+                "grouping": method[4:] if method.startswith("pam-") else None,
+                "tasks": chosen, "accuracy": {t: accuracy[t] for t in chosen},
+                "macs": cost.macs, "params": cost.params,
+            })  # fmt: skip
+    entry = summarize_table(table, runs, unpruned, methods, tasks)
+    summary = [{"split": key, "seed": seed, "pruner": pruner, **entry}]
+    return {"single": single, "merges": merges, "runs": runs, "rows": table, "summary": summary}
 
 
-AXES = ("splits", "seeds")
-"""The settings the PAM part's cells iterate over: one cell per split and seed."""
+AXES = ("splits", "seeds", "pruners")
+"""The settings the PAM part's cells iterate over: one cell per split, seed and pruner (the
+merges of a split and seed are made once per process and shared by its pruners' cells)."""
 
 
 def pam_cell(
-    key: str, config: PAMSuiteConfig, seed: int, progress: bool, device: str
+    key: str, config: PAMSuiteConfig, seed: int, pruner: str, progress: bool, device: str
 ) -> dict[str, Any]:
-    """One split and seed of the PAM tables, at ``config.threads`` torch threads (when set)."""
+    """One split, seed and pruner of the PAM tables, at ``config.threads`` torch threads (when set)."""
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _run_split(key, config, seed, progress, device)
+        return _run_pruner(key, config, seed, pruner, progress, device)
     finally:
         torch.set_num_threads(threads)
 
@@ -253,22 +265,33 @@ def run_pam_suite(
     combination's ratio); ``models`` ``{split: {"name", "options"}}``, the
     single-task networks. Seeds are JSON keys, so strings. ``device``: where the
     networks train, merge and prune (the data stays on the host). ``cells``: where
-    each finished split × seed is stored and how many worker processes compute
-    them (:mod:`benchmarks.cells`; default: in-process, not stored).
+    each finished split × seed × pruner is stored and how many worker processes
+    compute them (:mod:`benchmarks.cells`; default: in-process, not stored).
     """
     if not isinstance(config, PAMSuiteConfig):
         raise TypeError(f"config must be a PAMSuiteConfig, got {type(config).__name__}")
     cells = cells or Cells()
     seeds = [seed + s for s in config.seeds]
     settings = cell_settings(config, AXES)
-    cases = [(key, s) for s in seeds for key in config.splits]
+    cases = [(key, s, p) for s in seeds for key in config.splits for p in config.pruners]
     work = [
-        Cell({"part": "pam", "settings": settings, "split": key, "seed": s}, pam_cell,
-             (key, config, s, progress and cells.jobs == 1, device))
-        for key, s in cases
+        Cell({"part": "pam", "settings": settings, "split": key, "seed": s, "pruner": p}, pam_cell,
+             (key, config, s, p, progress and cells.jobs == 1, device))
+        for key, s, p in cases
     ]  # fmt: skip
-    values = run_cells(cells, work, desc="PAM splits x seeds", progress=progress)
-    parts = {case: v for case, v in zip(cases, values, strict=True) if v is not None}
+    try:
+        values = run_cells(cells, work, desc="PAM splits x seeds x pruners", progress=progress)
+    finally:
+        _SPLIT.clear()
+    parts: dict[tuple[str, int], dict[str, Any]] = {}
+    for (key, s, _), value in zip(cases, values, strict=True):
+        if value is None:
+            continue
+        if (key, s) not in parts:
+            parts[key, s] = {"single": value["single"], "merges": value["merges"],
+                             "runs": [], "rows": [], "summary": []}  # fmt: skip
+        for name in ("runs", "rows", "summary"):
+            parts[key, s][name] += value[name]
     return {
         "config": asdict(config),
         "seeds": seeds,

@@ -7,7 +7,7 @@ version equals the version it would run with now; every other part runs again.
 **Granularity: the part, and inside the long parts the cell.** A part is kept
 whole when it finished; the dense and PAM parts also store each finished cell
 (:mod:`benchmarks.cells`: a seed × subset × ratio × method row, a split × seed
-table), so a part that did not finish is rerun from its stored cells. The
+× pruner table), so a part that did not finish is rerun from its stored cells. The
 suite's seed is part of a part's version, so a resume with another ``--seed``
 reruns every part (a cell's key names its own seed, so cells of seeds both
 runs share are kept).

@@ -305,11 +305,27 @@ def _never(*args: Any) -> Any:
     raise AssertionError("a stored cell was computed again")
 
 
-def test_pam_splits_are_stored_and_taken_back(tmp_path, monkeypatch):
-    config = PAMSuiteConfig(**{**TINY_PAM, "pruners": ("magnitude",), "groupings": ("paper",)},
+def test_pam_cells_in_workers_equal_one_process_and_are_taken_back(tmp_path, monkeypatch):
+    """One cell per split × seed × pruner: in one process the pruners share the merges, in two
+    workers each makes its own; the merges are deterministic, so the tables are the same."""
+    config = PAMSuiteConfig(**{**TINY_PAM, "groupings": ("paper",)},
                             cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    assert config.pruners == ("taylor", "magnitude") and config.threads == 1
     cells = Cells(tmp_path / "c", {"code": "x"})
     first = run_pam_suite(config, progress=False, cells=cells)
-    monkeypatch.setattr(pam_suite, "_run_split", _never)
+    assert len(list((tmp_path / "c").glob("*.json"))) == 2
+    parallel = run_pam_suite(config, progress=False,
+                             cells=Cells(tmp_path / "w", {"code": "x"}, jobs=2, threads=1))  # fmt: skip
+    assert json.dumps(parallel, sort_keys=True) == json.dumps(first, sort_keys=True)
+    assert [s["pruner"] for s in first["summary"]] == ["taylor", "magnitude"]
+    monkeypatch.setattr(pam_suite, "_run_pruner", _never)
     again = run_pam_suite(config, progress=False, cells=cells)
     assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
+    # only the taylor cell stored: the tables hold that pruner, counted as partial
+    key = {"part": "pam", "settings": cell_settings(config, pam_suite.AXES), "split": "class_split",
+           "seed": 0, "pruner": "magnitude"}  # fmt: skip
+    cells.path(key).unlink()
+    reading = Cells(tmp_path / "c", {"code": "x"}, compute=False)
+    partial = run_pam_suite(config, progress=False, cells=reading)
+    assert partial["cells"] == {"stored": 1, "of": 2}
+    assert {r["pruner"] for r in partial["rows"]} == {"taylor"}
