@@ -7,6 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 EXTRAS_test := test,bench,dev,nni,edge
 EXTRAS_demo := bench,nni,edge
 SUITE ?= quick
+JOBS ?= 1
 
 .PHONY: test demo bench lint clean
 
@@ -25,7 +26,7 @@ demo: $(VENV)/.stamp-demo
 	$(PY) -m benchmarks run --suite quick
 
 bench: $(VENV)/.stamp-demo
-	$(PY) -m benchmarks run --suite $(SUITE)
+	$(PY) -m benchmarks run --suite $(SUITE) --jobs $(JOBS)
 
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check cut_plugin pam_plugin adapters benchmarks tests
